@@ -1,0 +1,76 @@
+//! The `weft` command line: argument parsing (clap), logging setup, and friendly error reports.
+//!
+//! Libraries return typed errors; this is the one place that turns them into messages for people.
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub mod gguf;
+mod nodes;
+mod progress;
+mod run;
+mod validate;
+
+/// The backend the CLI runs workflows on.
+type CliBackend = burn::backend::Flex;
+
+#[derive(Parser, Debug)]
+#[command(name = "weft", version, about = "A node-graph workflow engine for GGUF diffusion models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect GGUF and safetensors model files.
+    #[command(subcommand)]
+    Gguf(gguf::GgufCommand),
+    /// Run a workflow.
+    Run(run::RunArgs),
+    /// Check workflows without running them: every problem, with file:line:col and node id.
+    Validate(validate::ValidateArgs),
+    /// List the node types (with their ports and parameters) and the port types.
+    Nodes(nodes::NodesArgs),
+}
+
+/// Runs the `weft` command line without node plugins (model-file commands only).
+pub fn main() -> ExitCode {
+    main_with(())
+}
+
+/// Runs the `weft` command line with the node types of `plugins` and returns the process exit code:
+/// `fn main() -> ExitCode { weft_engine::cli::main_with((weft_nodes::Builtin, my_nodes::MyPlugin)) }`.
+pub fn main_with(plugins: impl crate::registry::Plugins) -> ExitCode {
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Gguf(cmd) => gguf::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run::run(args, &plugins),
+        Command::Validate(args) => validate::run(args, &plugins),
+        Command::Nodes(args) => nodes::run(args, &plugins),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line: the error and its causes, joined by ": ".
+fn report(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::log_writer).try_init();
+}

@@ -1,0 +1,123 @@
+//! `weft run FILE [--set node.param=value]... [--sweep node.param=v1,v2,...] [--output-dir DIR]`:
+//! validates every variant first, then runs them in one process so that cached upstream work is
+//! reused, printing which nodes ran and which were cached. Ctrl-C stops at the next node or step.
+use super::CliBackend;
+use super::progress::Renderer;
+use crate::exec::{CancelToken, ExecError, Executor, RunReport};
+use crate::graph::{Assignment, Graph, Sweep, Workflow, WorkflowError};
+use crate::node::RunEnv;
+use crate::registry::{NodeRegistry, Plugins};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `weft run`.
+#[derive(clap::Args, Debug)]
+pub(super) struct RunArgs {
+    /// The workflow file (RON).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Sets a parameter for this run (repeatable).
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    set: Vec<String>,
+    /// Runs once per value, reusing cached work between runs (repeatable: every combination runs).
+    #[arg(long = "sweep", value_name = "NODE.PARAM=V1,V2,...")]
+    sweep: Vec<String>,
+    /// Where output nodes write their files.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    output_dir: PathBuf,
+    /// A model folder in ComfyUI's layout (repeatable; searched in order).
+    #[arg(long = "models-dir", value_name = "DIR")]
+    models_dir: Vec<PathBuf>,
+}
+
+/// The exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_CANCELLED: u8 = 130;
+
+pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitCode> {
+    let registry = NodeRegistry::<CliBackend>::from_plugins(plugins).context("registering node plugins")?;
+    let mut workflow = match Workflow::load(&args.file) {
+        Ok(workflow) => workflow,
+        Err(WorkflowError::Invalid(report)) => {
+            eprintln!("{report}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for arg in &args.set {
+        workflow.apply(&registry, &Assignment::parse(arg)?).context("--set")?;
+    }
+    let sweeps = args.sweep.iter().map(|a| Sweep::parse(a)).collect::<Result<Vec<_>, _>>().context("--sweep")?;
+
+    // Validate every variant before running any, so a bad sweep value fails in seconds, not after an hour.
+    let mut variants = Vec::new();
+    for combination in Sweep::combinations(&sweeps) {
+        let mut variant = workflow.clone();
+        for assignment in &combination {
+            variant.apply(&registry, assignment).context("--sweep")?;
+        }
+        match Graph::build(&variant, &registry) {
+            Ok(graph) => variants.push((combination, graph)),
+            Err(report) => {
+                eprintln!("{report}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+
+    let base_dir = args.file.parent().map(PathBuf::from).unwrap_or_default();
+    let env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs: args.models_dir, ..RunEnv::default() };
+    let mut executor = Executor::<CliBackend>::new(Default::default(), env);
+    let cancel = CancelToken::new();
+    install_ctrl_c(cancel.clone());
+    let renderer = Renderer::new();
+    let count = variants.len();
+    for (i, (combination, graph)) in variants.iter().enumerate() {
+        if count > 1 {
+            let args: Vec<String> = combination.iter().map(Assignment::to_arg).collect();
+            println!("run {}/{count}: {}", i + 1, args.join(" "));
+        }
+        match executor.run(graph, &renderer, &cancel) {
+            Ok(report) => {
+                println!("{}", summary(&report));
+                for file in renderer.take_files() {
+                    println!("wrote {}", file.display());
+                }
+            }
+            Err(ExecError::Cancelled { node_id }) => {
+                let at = node_id.map(|n| format!(" at node \"{n}\"")).unwrap_or_default();
+                eprintln!("cancelled{at}; files already written are complete, nothing was left half-written");
+                return Ok(ExitCode::from(EXIT_CANCELLED));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ran 2 (sampler, save), cached 3 (loader, clip, prompt), skipped 1 (unused) in 1.20s`.
+fn summary(report: &RunReport) -> String {
+    let list = |ids: &[&str]| if ids.is_empty() { String::new() } else { format!(" ({})", ids.join(", ")) };
+    let cached: Vec<&str> = report.cached.iter().map(String::as_str).collect();
+    let skipped: Vec<&str> = report.skipped.iter().map(String::as_str).collect();
+    let mut text = format!("ran {}{}, cached {}{}", report.executed.len(), list(&report.executed_ids()), cached.len(), list(&cached));
+    if !skipped.is_empty() {
+        text.push_str(&format!(", skipped {}{}", skipped.len(), list(&skipped)));
+    }
+    text.push_str(&format!(" in {:.2}s", report.duration.as_secs_f64()));
+    text
+}
+
+/// First Ctrl-C: ask the run to stop at the next node or step. Second: exit at once.
+fn install_ctrl_c(cancel: CancelToken) {
+    let result = ctrlc::set_handler(move || {
+        if cancel.is_cancelled() {
+            std::process::exit(i32::from(EXIT_CANCELLED));
+        }
+        eprintln!("\nstopping at the next step (Ctrl-C again to quit at once)");
+        cancel.cancel();
+    });
+    if let Err(e) = result {
+        tracing::warn!("Ctrl-C will not stop the run cleanly: {e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! A third-party node crate: see README.md (the node API arrives with the graph engine).

@@ -1,0 +1,31 @@
+//! weft-nodes: the built-in plugin (models, sampling, node types).
+//!
+//! [`Builtin`] registers every built-in node type under its ComfyUI name. Today these are the nodes
+//! that need no model: primitives, empty latents, images, PNG load/save. The model nodes
+//! (`UnetLoaderGGUF`, `CLIPTextEncode`, `KSampler`, `VAEDecode` …) join as their models land.
+use burn::tensor::backend::Backend;
+use weft_engine::registry::{NodeRegistry, Plugin};
+
+pub mod image;
+pub mod image_io;
+pub mod latent;
+pub mod primitive;
+
+/// The largest width or height a node accepts, as ComfyUI's `MAX_RESOLUTION`.
+pub const MAX_RESOLUTION: i64 = 16384;
+
+/// The built-in nodes.
+pub struct Builtin;
+
+impl Plugin for Builtin {
+    fn name(&self) -> &str {
+        "weft-nodes"
+    }
+
+    fn build<B: Backend>(&self, registry: &mut NodeRegistry<B>) {
+        primitive::register(registry);
+        latent::register(registry);
+        image::register(registry);
+        image_io::register(registry);
+    }
+}

@@ -1,0 +1,2 @@
+//! weft's integration tests: one binary, one module per topic (ripgrep style).
+mod formats;
