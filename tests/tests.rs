@@ -1,2 +1,3 @@
 //! weft's integration tests: one binary, one module per topic (ripgrep style).
 mod formats;
+mod graph;

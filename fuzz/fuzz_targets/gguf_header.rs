@@ -2,8 +2,8 @@
 //! panic, hang, or make the parser allocate beyond what the bytes could hold.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use weft_formats::formats::gguf::parse_header;
-use weft_formats::formats::tensor::to_f32;
+use weft_formats::gguf::parse_header;
+use weft_formats::tensor::to_f32;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(header) = parse_header(data) else { return };

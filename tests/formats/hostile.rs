@@ -137,3 +137,23 @@ fn errors_from_files_are_one_line_and_name_the_file() {
     let err = ModelFile::open(dir.path().join("absent.gguf")).unwrap_err();
     assert!(matches!(err, FormatError::Io { .. }) && err.to_string().contains("absent.gguf"));
 }
+
+/// Inputs the fuzzer (fuzz/fuzz_targets/gguf_header.rs) once crashed on, kept as regressions.
+/// zero-dim-overflow.gguf: a tensor with dims [0, 2^63, 2^63] passed the checked element count
+/// (0) but `TensorInfo::n_elements` multiplied in PyTorch order and overflowed.
+#[test]
+fn fuzzer_crashers_stay_fixed() {
+    let dir = fixture("gguf/fuzz");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        if let Ok(header) = parse_header(&bytes) {
+            for t in &header.tensors {
+                let n = t.n_elements();
+                assert!(n == 0 || t.nbytes > 0, "{}: {n} elements in {} bytes", t.name, t.nbytes);
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -57,16 +57,18 @@ pub enum DequantError {
 /// The model-file layer's error: a file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Gguf { path: PathBuf, source: GgufParseError },
+    // The inner errors are part of the message (not `#[source]`), so a report that walks the
+    // error chain prints them once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Gguf { path: PathBuf, error: GgufParseError },
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Npy { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Dequant { path: PathBuf, source: DequantError },
+    #[error("{path}: {error}")]
+    Dequant { path: PathBuf, error: DequantError },
     #[error("{path}: no tensor named {name:?}{hint}")]
     TensorNotFound { path: PathBuf, name: String, hint: String },
     #[error("{path}: unrecognised model file (neither GGUF nor safetensors)")]
@@ -74,7 +76,7 @@ pub enum FormatError {
 }
 
 impl FormatError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        FormatError::Io { path: path.into(), source }
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        FormatError::Io { path: path.into(), error }
     }
 }

@@ -97,7 +97,7 @@ impl ModelFile {
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, FormatError> {
         let mut out = vec![0f32; info.n_elements() as usize];
         tensor::to_f32(info.dtype, self.tensor_bytes(info), &mut out, &info.name)
-            .map_err(|source| FormatError::Dequant { path: self.path().to_path_buf(), source })?;
+            .map_err(|error| FormatError::Dequant { path: self.path().to_path_buf(), error })?;
         Ok(out)
     }
 }

@@ -83,7 +83,12 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn n_elements(&self) -> u64 {
-        self.shape.iter().product()
+        // Readers check that the product fits; a zero dimension anywhere makes it 0 even when
+        // the other dimensions alone would overflow (found by fuzzing).
+        if self.shape.contains(&0) {
+            return 0;
+        }
+        self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).unwrap_or(u64::MAX)
     }
 
     /// The byte range in the file.

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 pub mod gguf;
 mod nodes;
 mod progress;
@@ -25,6 +26,9 @@ enum Command {
     /// Inspect GGUF and safetensors model files.
     #[command(subcommand)]
     Gguf(gguf::GgufCommand),
+    /// Measure: dequantization throughput (more benchmarks join with the GPU work).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run a workflow.
     Run(run::RunArgs),
     /// Check workflows without running them: every problem, with file:line:col and node id.
@@ -51,6 +55,7 @@ pub fn main_with(plugins: impl crate::registry::Plugins) -> ExitCode {
     };
     let result = match cli.command {
         Command::Gguf(cmd) => gguf::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Bench(cmd) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::run(args, &plugins),
         Command::Validate(args) => validate::run(args, &plugins),
         Command::Nodes(args) => nodes::run(args, &plugins),

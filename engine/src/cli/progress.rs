@@ -93,9 +93,9 @@ impl EventSink for Renderer {
                     bar.set_position(*step);
                 }
                 None if self.bars.is_none() => {
-                    // Plain output: about ten lines per node, however many steps.
+                    // Plain output: the first step, then about ten lines per node, however many steps.
                     let tenth = (*total / 10).max(1);
-                    if *step == *total || *step % tenth == 0 {
+                    if *step == 1 || *step == *total || *step % tenth == 0 {
                         eprintln!("  {node_id}: {step}/{total}");
                     }
                 }

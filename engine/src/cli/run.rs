@@ -45,7 +45,7 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
         Err(e) => return Err(e.into()),
     };
     for arg in &args.set {
-        workflow.apply(&registry, &Assignment::parse(arg)?).context("--set")?;
+        Assignment::parse(arg).and_then(|a| workflow.apply(&registry, &a)).context("--set")?;
     }
     let sweeps = args.sweep.iter().map(|a| Sweep::parse(a)).collect::<Result<Vec<_>, _>>().context("--sweep")?;
 

@@ -170,6 +170,12 @@ pub struct Workflow {
     locator: std::sync::Arc<Locator>,
 }
 
+impl fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workflow").field("path", &self.path).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
 /// Why a workflow could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {

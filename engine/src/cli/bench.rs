@@ -1,0 +1,88 @@
+//! `weft bench …`: measurements that go into docs/BENCHMARKS.md (benchmarks measure; tests assert).
+use crate::formats::{ModelFile, tensor::to_f32};
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Dequantize every tensor of FILE to f32 on the CPU and report throughput per tensor type.
+    Dequant {
+        file: PathBuf,
+        /// Timed repetitions per tensor (the best one counts).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Dequant { file, repeat, threads, json } => {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
+            let rows = pool.install(|| bench_dequant(&file, repeat.max(1)))?;
+            let threads = pool.current_num_threads();
+            if json {
+                let by_type: serde_json::Map<_, _> = rows
+                    .iter()
+                    .map(|(ty, r)| {
+                        (ty.clone(), json!({"elements": r.elements, "bytes": r.bytes, "seconds": r.seconds, "in_gb_s": r.in_gb_s(), "out_gelem_s": r.out_gelem_s()}))
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({"file": file, "threads": threads, "types": by_type}))?);
+            } else {
+                println!("{} ({threads} threads, best of {repeat})", file.display());
+                println!("{:<8} {:>12} {:>10} {:>12} {:>14}", "type", "elements", "ms", "in GB/s", "out Gelem/s");
+                for (ty, r) in &rows {
+                    println!("{ty:<8} {:>12} {:>10.2} {:>12.2} {:>14.3}", r.elements, r.seconds * 1e3, r.in_gb_s(), r.out_gelem_s());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Default)]
+struct Throughput {
+    elements: u64,
+    bytes: u64,
+    seconds: f64,
+}
+
+impl Throughput {
+    fn in_gb_s(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e9
+    }
+    fn out_gelem_s(&self) -> f64 {
+        self.elements as f64 / self.seconds / 1e9
+    }
+}
+
+fn bench_dequant(file: &PathBuf, repeat: usize) -> anyhow::Result<BTreeMap<String, Throughput>> {
+    let model = ModelFile::open(file)?;
+    let mut rows: BTreeMap<String, Throughput> = BTreeMap::new();
+    for t in model.tensors() {
+        let bytes = model.tensor_bytes(t);
+        let mut out = vec![0f32; t.n_elements() as usize];
+        // Warm the page cache and the output buffer first.
+        to_f32(t.dtype, bytes, &mut out, &t.name).with_context(|| format!("{}", file.display()))?;
+        let mut best = f64::INFINITY;
+        for _ in 0..repeat {
+            let start = Instant::now();
+            to_f32(t.dtype, bytes, &mut out, &t.name)?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        let row = rows.entry(t.dtype.name().to_string()).or_default();
+        row.elements += t.n_elements();
+        row.bytes += t.nbytes;
+        row.seconds += best;
+    }
+    Ok(rows)
+}
