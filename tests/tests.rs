@@ -1,3 +1,4 @@
 //! weft's integration tests: one binary, one module per topic (ripgrep style).
 mod formats;
 mod graph;
+mod models;

@@ -7,3 +7,5 @@ pub mod exec;
 pub mod graph;
 pub mod node;
 pub mod registry;
+pub mod memory;
+pub mod patcher;

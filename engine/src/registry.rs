@@ -166,7 +166,11 @@ impl<B: Backend> NodeRegistry<B> {
         let types = PortType::BUILTIN
             .iter()
             .map(|t| {
-                let registered = RegisteredType { port_type: t.clone(), plugin: "weft-engine".to_owned(), description: String::new() };
+                let registered = RegisteredType {
+                    port_type: t.clone(),
+                    plugin: "weft-engine".to_owned(),
+                    description: String::new(),
+                };
                 (t.name().to_owned(), registered)
             })
             .collect();
@@ -192,7 +196,8 @@ impl<B: Backend> NodeRegistry<B> {
             ));
             return self;
         }
-        let registered = RegisteredNode { schema: Arc::new(schema), plugin: self.current_plugin.clone(), node: Arc::new(node) };
+        let registered =
+            RegisteredNode { schema: Arc::new(schema), plugin: self.current_plugin.clone(), node: Arc::new(node) };
         self.nodes.insert(name, registered);
         self
     }
@@ -206,7 +211,11 @@ impl<B: Backend> NodeRegistry<B> {
             ));
             return self;
         }
-        let registered = RegisteredType { port_type: port_type.clone(), plugin: self.current_plugin.clone(), description: description.to_owned() };
+        let registered = RegisteredType {
+            port_type: port_type.clone(),
+            plugin: self.current_plugin.clone(),
+            description: description.to_owned(),
+        };
         self.types.insert(port_type.name().to_owned(), registered);
         self
     }

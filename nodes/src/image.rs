@@ -4,7 +4,9 @@ use crate::MAX_RESOLUTION;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
-use weft_engine::node::{Inputs, Node, NodeContext, NodeError, NodeSchema, NoParams, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value,
+};
 use weft_engine::registry::NodeRegistry;
 
 /// `EmptyImage`: a batch of images of one colour.

@@ -4,7 +4,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use weft_engine::node::{Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value,
+};
 use weft_engine::registry::NodeRegistry;
 
 /// An 8-bit image, row-major, channels interleaved.
@@ -29,14 +31,21 @@ pub fn image_to_bitmaps<B: Backend>(image: Tensor<B, 4>) -> Result<Vec<Bitmap>, 
     let (Ok(w), Ok(h)) = (u32::try_from(width), u32::try_from(height)) else {
         return Err(NodeError::msg(format!("image of {width}x{height} is too large for PNG")));
     };
-    let floats = image.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| NodeError::msg(format!("reading the image: {e:?}")))?;
+    let floats = image
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| NodeError::msg(format!("reading the image: {e:?}")))?;
     let per_image = height * width * channels;
     Ok((0..batch)
         .map(|b| Bitmap {
             width: w,
             height: h,
             channels: channels as u8,
-            pixels: floats[b * per_image..(b + 1) * per_image].iter().map(|v| (v * 255.0).clamp(0.0, 255.0) as u8).collect(),
+            pixels: floats[b * per_image..(b + 1) * per_image]
+                .iter()
+                .map(|v| (v * 255.0).clamp(0.0, 255.0) as u8)
+                .collect(),
         })
         .collect())
 }
@@ -72,7 +81,9 @@ pub fn decode_png(bytes: &[u8]) -> Result<Bitmap, NodeError> {
         png::ColorType::Rgb => (3, raw),
         png::ColorType::Rgba => (4, raw),
         png::ColorType::Grayscale => (3, raw.iter().flat_map(|&g| [g, g, g]).collect()),
-        png::ColorType::GrayscaleAlpha => (4, raw.chunks_exact(2).flat_map(|ga| [ga[0], ga[0], ga[0], ga[1]]).collect()),
+        png::ColorType::GrayscaleAlpha => {
+            (4, raw.chunks_exact(2).flat_map(|ga| [ga[0], ga[0], ga[0], ga[1]]).collect())
+        }
         png::ColorType::Indexed => return Err(NodeError::msg("indexed PNG was not expanded")),
     };
     if pixels.len() != pixels_in * channels as usize {
@@ -147,7 +158,12 @@ impl<B: Backend> Node<B> for SaveImage {
             .always_run()
     }
 
-    fn run(&self, params: SaveImageParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: SaveImageParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let bitmaps = image_to_bitmaps(inputs.image("images")?)?;
         let prefix = ctx.output_path(&params.filename_prefix)?;
         let (dir, stem) = match (prefix.parent(), prefix.file_name()) {
@@ -155,14 +171,12 @@ impl<B: Backend> Node<B> for SaveImage {
             _ => return Err(NodeError::msg(format!("invalid filename_prefix {:?}", params.filename_prefix))),
         };
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
-        let mut counter = next_counter(&dir, &stem)?;
-        for bitmap in &bitmaps {
+        for (counter, bitmap) in (next_counter(&dir, &stem)?..).zip(&bitmaps) {
             ctx.check_cancelled()?;
             let path = dir.join(format!("{stem}_{counter:05}_.png"));
             write_atomically(&path, &encode_png(bitmap)?)?;
             tracing::info!(path = %path.display(), "saved image");
             ctx.report_file(&path);
-            counter += 1;
         }
         Ok(Outputs::none())
     }

@@ -3,7 +3,9 @@ use crate::MAX_RESOLUTION;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
-use weft_engine::node::{Inputs, Latent, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Inputs, Latent, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value,
+};
 use weft_engine::registry::NodeRegistry;
 
 /// `EmptyLatentImage`: zeros of shape `[batch, 4, height/8, width/8]` (SD1.x, SDXL).
@@ -35,7 +37,12 @@ fn schema(name: &str, description: &str, default_size: i64) -> NodeSchema {
 
 fn zeros<B: Backend>(params: &EmptyLatentParams, channels: usize, device: &B::Device) -> Result<Outputs<B>, NodeError> {
     let dim = |v: i64| usize::try_from(v / 8).map_err(|_| NodeError::msg(format!("invalid size {v}")));
-    let shape = [usize::try_from(params.batch_size).map_err(|_| NodeError::msg("invalid batch size"))?, channels, dim(params.height)?, dim(params.width)?];
+    let shape = [
+        usize::try_from(params.batch_size).map_err(|_| NodeError::msg("invalid batch size"))?,
+        channels,
+        dim(params.height)?,
+        dim(params.width)?,
+    ];
     Ok(Outputs::one(Value::Latent(Latent::new(Tensor::zeros(shape, device)))))
 }
 

@@ -9,6 +9,8 @@ use weft_engine::registry::{NodeRegistry, Plugin};
 pub mod image;
 pub mod image_io;
 pub mod latent;
+pub mod offload;
+pub mod models;
 pub mod primitive;
 
 /// The largest width or height a node accepts, as ComfyUI's `MAX_RESOLUTION`.
@@ -27,5 +29,6 @@ impl Plugin for Builtin {
         latent::register(registry);
         image::register(registry);
         image_io::register(registry);
+        offload::register(registry);
     }
 }

@@ -44,7 +44,14 @@ macro_rules! primitive {
 primitive!(PrimitiveInt, "PrimitiveInt", i64, ParamSpec::int("value").default(0), PortType::INT, Int);
 primitive!(PrimitiveFloat, "PrimitiveFloat", f64, ParamSpec::float("value").default(0.0), PortType::FLOAT, Float);
 primitive!(PrimitiveString, "PrimitiveString", String, ParamSpec::text("value").default(""), PortType::STRING, String);
-primitive!(PrimitiveBoolean, "PrimitiveBoolean", bool, ParamSpec::boolean("value").default(false), PortType::BOOLEAN, Boolean);
+primitive!(
+    PrimitiveBoolean,
+    "PrimitiveBoolean",
+    bool,
+    ParamSpec::boolean("value").default(false),
+    PortType::BOOLEAN,
+    Boolean
+);
 
 pub(crate) fn register<B: Backend>(registry: &mut NodeRegistry<B>) {
     registry.register(PrimitiveInt).register(PrimitiveFloat).register(PrimitiveString).register(PrimitiveBoolean);

@@ -2,7 +2,7 @@
 //! unregistered port types, schemas that disagree with their `Params`).
 use burn::tensor::{Tensor, TensorData};
 use weft_engine::exec::error_chain;
-use weft_engine::node::{Inputs, Node, NodeContext, NoParams, NodeError, NodeSchema, Outputs, PortType, RunEnv, Value};
+use weft_engine::node::{Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Outputs, PortType, RunEnv, Value};
 use weft_engine::registry::{NodeRegistry, Plugin};
 use weft_nodes::image::{ImageBlend, ImageBlendParams};
 use weft_tests::{B, Harness, TestPlugin, registry, workflow};
@@ -16,7 +16,11 @@ fn every_schema_agrees_with_its_params_struct_and_defaults_fit() {
 #[test]
 fn two_plugins_registering_one_name_is_an_error_naming_both() {
     let err = NodeRegistry::<B>::from_plugins(&(weft_nodes::Builtin, weft_nodes::Builtin)).err().unwrap();
-    assert!(err.to_string().contains("node type \"EmptyImage\" is registered by both plugin \"weft-nodes\" and plugin \"weft-nodes\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("node type \"EmptyImage\" is registered by both plugin \"weft-nodes\" and plugin \"weft-nodes\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -41,7 +45,10 @@ fn a_node_using_an_unregistered_port_type_is_an_error() {
         }
     }
     let err = NodeRegistry::<B>::from_plugins(&StrayPlugin).err().unwrap();
-    assert_eq!(err.to_string(), "node type \"Stray\" (plugin \"stray\") uses port type NOBODY_REGISTERED_ME, which no plugin registered");
+    assert_eq!(
+        err.to_string(),
+        "node type \"Stray\" (plugin \"stray\") uses port type NOBODY_REGISTERED_ME, which no plugin registered"
+    );
 }
 
 #[test]
@@ -118,9 +125,14 @@ fn saved_images_load_back_with_their_colour_and_numbering_continues() {
     h.run(&save);
     h.run(&save);
     let dir = h.dir.path().join("output/sub");
-    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["test_00001_.png", "test_00002_.png", "test_00003_.png", "test_00004_.png"], "SaveImage always runs; no partial files left");
+    assert_eq!(
+        names,
+        ["test_00001_.png", "test_00002_.png", "test_00003_.png", "test_00004_.png"],
+        "SaveImage always runs; no partial files left"
+    );
 
     let load = workflow(
         r#"
@@ -140,7 +152,8 @@ fn saved_images_load_back_with_their_colour_and_numbering_continues() {
     assert_eq!(h.run(&load).cached, ["load"]);
     std::fs::copy(dir.join("test_00001_.png"), dir.join("test_00003_.png")).unwrap();
     let bigger = std::fs::read(dir.join("test_00003_.png")).unwrap();
-    std::fs::write(dir.join("test_00003_.png"), [bigger.as_slice(), b"trailing bytes change the size"].concat()).unwrap();
+    std::fs::write(dir.join("test_00003_.png"), [bigger.as_slice(), b"trailing bytes change the size"].concat())
+        .unwrap();
     assert_eq!(h.run(&load).executed_ids(), ["load", "save"]);
 }
 
@@ -154,7 +167,10 @@ fn save_image_refuses_to_write_outside_the_output_folder() {
         "#,
     ));
     let err = h.run_graph(&graph).unwrap_err();
-    assert_eq!(error_chain(&err), "node \"save\" (SaveImage): output path \"../escape\" must be relative and stay inside the output folder");
+    assert_eq!(
+        error_chain(&err),
+        "node \"save\" (SaveImage): output path \"../escape\" must be relative and stay inside the output folder"
+    );
     assert!(!h.dir.path().join("escape_00001_.png").exists());
 }
 
@@ -182,6 +198,26 @@ fn primitives_feed_parameters() {
         "save": (type: "SaveImage", inputs: { "images": "img" }),
         "#,
     ));
-    let bitmap = weft_nodes::image_io::decode_png(&std::fs::read(h.dir.path().join("output/weft_00001_.png")).unwrap()).unwrap();
+    let bitmap =
+        weft_nodes::image_io::decode_png(&std::fs::read(h.dir.path().join("output/weft_00001_.png")).unwrap()).unwrap();
     assert_eq!((bitmap.width, bitmap.height), (4, 4));
+}
+
+#[test]
+fn model_files_are_found_in_comfyui_folders_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(first.join("unet")).unwrap();
+    std::fs::create_dir_all(second.join("diffusion_models")).unwrap();
+    std::fs::write(second.join("diffusion_models/flux.gguf"), b"").unwrap();
+    std::fs::write(first.join("unet/flux.gguf"), b"").unwrap();
+    let env = RunEnv { models_dirs: vec![first.clone(), second.clone()], base_dir: dir.path().to_owned(), ..RunEnv::default() };
+    let device = Default::default();
+    let ctx = NodeContext::<B>::new("loader", &device, &env);
+    assert_eq!(ctx.find_model(&["diffusion_models", "unet"], "flux.gguf").unwrap(), first.join("unet/flux.gguf"));
+    std::fs::write(dir.path().join("local.gguf"), b"").unwrap();
+    assert_eq!(ctx.find_model(&["unet"], "local.gguf").unwrap(), dir.path().join("local.gguf"));
+    let err = ctx.find_model(&["vae"], "missing.safetensors").unwrap_err().to_string();
+    assert!(err.starts_with("model file \"missing.safetensors\" not found; looked for "), "{err}");
+    assert!(err.contains(&second.join("vae/missing.safetensors").display().to_string()), "{err}");
 }

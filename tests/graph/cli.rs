@@ -61,7 +61,12 @@ fn run_with_a_sweep_reuses_cached_upstream_work_and_says_so() {
             "#,
         ),
     );
-    let output = weft().arg("run").arg(&flow).args(["--set", "slow.steps=3", "--sweep", "scaled.factor=1,2,3"]).output().unwrap();
+    let output = weft()
+        .arg("run")
+        .arg(&flow)
+        .args(["--set", "slow.steps=3", "--sweep", "scaled.factor=1,2,3"])
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stderr}");
     let runs: Vec<&str> = stdout.lines().collect();
@@ -79,7 +84,13 @@ fn run_with_a_sweep_reuses_cached_upstream_work_and_says_so() {
 fn run_writes_into_the_output_dir_and_lists_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("images");
-    let output = weft().arg("run").arg(repo_root().join("workflows/blend-swatches.ron")).arg("--output-dir").arg(&out).output().unwrap();
+    let output = weft()
+        .arg("run")
+        .arg(repo_root().join("workflows/blend-swatches.ron"))
+        .arg("--output-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains(&format!("wrote {}", out.join("swatches/blend_00001_.png").display())), "{stdout}");
@@ -91,11 +102,23 @@ fn bad_overrides_and_invalid_sweep_values_fail_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let flow = repo_root().join("workflows/blend-swatches.ron");
     let cases = [
-        (vec!["--set", "mix.blend_mode=lighten"], "error: --set: \"mix.blend_mode=lighten\": parameter \"blend_mode\" of node \"mix\": \"lighten\" is not one of the choices: normal, multiply, screen, overlay, soft_light, difference"),
-        (vec!["--set", "mxi.blend_factor=1"], "error: --set: \"mxi.blend_factor=1\": unknown node \"mxi\" (did you mean \"mix\"?)"),
-        (vec!["--set", "mix.factor=1"], "error: --set: \"mix.factor=1\": node \"mix\" (ImageBlend) has no parameter \"factor\""),
+        (
+            vec!["--set", "mix.blend_mode=lighten"],
+            "error: --set: \"mix.blend_mode=lighten\": parameter \"blend_mode\" of node \"mix\": \"lighten\" is not one of the choices: normal, multiply, screen, overlay, soft_light, difference",
+        ),
+        (
+            vec!["--set", "mxi.blend_factor=1"],
+            "error: --set: \"mxi.blend_factor=1\": unknown node \"mxi\" (did you mean \"mix\"?)",
+        ),
+        (
+            vec!["--set", "mix.factor=1"],
+            "error: --set: \"mix.factor=1\": node \"mix\" (ImageBlend) has no parameter \"factor\"",
+        ),
         (vec!["--set", "nonsense"], "error: --set: \"nonsense\": expected NODE.PARAM=VALUE"),
-        (vec!["--sweep", "orange.width=8,x,16"], "error: --sweep: \"orange.width=x\": parameter \"width\" of node \"orange\": expected an integer, found \"x\""),
+        (
+            vec!["--sweep", "orange.width=8,x,16"],
+            "error: --sweep: \"orange.width=x\": parameter \"width\" of node \"orange\": expected an integer, found \"x\"",
+        ),
     ];
     for (args, expected) in cases {
         let output = weft().arg("run").arg(&flow).args(&args).arg("--output-dir").arg(dir.path()).output().unwrap();
@@ -151,7 +174,15 @@ fn ctrl_c_stops_the_run_at_the_next_step_and_writes_nothing() {
             "#,
         ),
     );
-    let mut child = weft().arg("run").arg(&flow).arg("--output-dir").arg(&out).stderr(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = weft()
+        .arg("run")
+        .arg(&flow)
+        .arg("--output-dir")
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     loop {

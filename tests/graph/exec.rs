@@ -147,7 +147,10 @@ fn a_linked_parameter_takes_its_value_from_upstream_and_is_range_checked() {
     // 500 passes PrimitiveInt but not TestScale's factor range (0..=100): caught at run time, named.
     let graph = h.graph(&source(500));
     let err = h.run_graph(&graph).unwrap_err();
-    assert_eq!(error_chain(&err), "node \"scaled\" (TestScale): parameters: parameter \"factor\" (linked): 500 is out of range 0..=100");
+    assert_eq!(
+        error_chain(&err),
+        "node \"scaled\" (TestScale): parameters: parameter \"factor\" (linked): 500 is out of range 0..=100"
+    );
 }
 
 #[test]
@@ -204,7 +207,10 @@ fn a_node_that_breaks_its_schema_is_reported_not_trusted() {
         "#,
     ));
     let err = h.run_graph(&graph).unwrap_err();
-    assert_eq!(err.to_string(), "node \"bad\" (TestBadOutputs) broke its schema: output \"INT\" should be INT, is STRING");
+    assert_eq!(
+        err.to_string(),
+        "node \"bad\" (TestBadOutputs) broke its schema: output \"INT\" should be INT, is STRING"
+    );
 }
 
 #[test]
@@ -235,8 +241,19 @@ fn events_tell_started_progress_cached_and_finished() {
     assert_eq!(
         names,
         [
-            "run 1 (2)", "start steps", "steps 1/3", "steps 2/3", "steps 3/3", "done steps", "start out", "done out", "end 1",
-            "run 2 (2)", "cached steps", "cached out", "end 2"
+            "run 1 (2)",
+            "start steps",
+            "steps 1/3",
+            "steps 2/3",
+            "steps 3/3",
+            "done steps",
+            "start out",
+            "done out",
+            "end 1",
+            "run 2 (2)",
+            "cached steps",
+            "cached out",
+            "end 2"
         ]
     );
 }

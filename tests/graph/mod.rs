@@ -4,4 +4,5 @@ mod cases;
 mod cli;
 mod exec;
 mod format;
+mod hostile;
 mod workflows;

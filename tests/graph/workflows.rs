@@ -23,7 +23,12 @@ fn every_shipped_workflow_validates() {
     assert!(!files.is_empty());
     let problems: Vec<String> = files
         .iter()
-        .filter_map(|path| Workflow::load(path).map_err(|e| e.to_string()).and_then(|w| Graph::build(&w, &registry).map_err(|r| r.to_string())).err())
+        .filter_map(|path| {
+            Workflow::load(path)
+                .map_err(|e| e.to_string())
+                .and_then(|w| Graph::build(&w, &registry).map_err(|r| r.to_string()))
+                .err()
+        })
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

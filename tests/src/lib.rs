@@ -9,7 +9,8 @@ use std::time::Duration;
 use weft_engine::exec::{CancelToken, EventLog, ExecError, Executor, RunReport};
 use weft_engine::graph::{Graph, ValidationReport, Workflow};
 use weft_engine::node::{
-    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, NoParams, Object, Outputs, ParamSpec, PortType, RunEnv, Value,
+    Fingerprint, Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Object, Outputs, ParamSpec, PortType,
+    RunEnv, Value,
 };
 use weft_engine::registry::{NodeRegistry, Plugin};
 
@@ -100,7 +101,10 @@ struct TestConst(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestConst {
     type Params = ValueParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestConst").category("test").param(ParamSpec::int("value").range(-1000, 1000)).output("INT", PortType::INT)
+        NodeSchema::new("TestConst")
+            .category("test")
+            .param(ParamSpec::int("value").range(-1000, 1000))
+            .output("INT", PortType::INT)
     }
     fn run(&self, p: ValueParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
@@ -113,7 +117,11 @@ struct TestAdd(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestAdd {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestAdd").category("test").input("a", PortType::INT).input("b", PortType::INT).output("INT", PortType::INT)
+        NodeSchema::new("TestAdd")
+            .category("test")
+            .input("a", PortType::INT)
+            .input("b", PortType::INT)
+            .output("INT", PortType::INT)
     }
     fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
@@ -227,7 +235,11 @@ struct TestFail(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestFail {
     type Params = FailParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestFail").category("test").optional_input("value", PortType::INT).param(ParamSpec::string("message")).output("INT", PortType::INT)
+        NodeSchema::new("TestFail")
+            .category("test")
+            .optional_input("value", PortType::INT)
+            .param(ParamSpec::string("message"))
+            .output("INT", PortType::INT)
     }
     fn run(&self, p: FailParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
@@ -263,7 +275,11 @@ struct TestMakePair(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestMakePair {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestMakePair").category("test").input("a", PortType::INT).input("b", PortType::INT).output("PAIR", PAIR)
+        NodeSchema::new("TestMakePair")
+            .category("test")
+            .input("a", PortType::INT)
+            .input("b", PortType::INT)
+            .output("PAIR", PAIR)
     }
     fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
@@ -300,7 +316,8 @@ impl<Bk: Backend> Node<Bk> for TestBadOutputs {
 
 /// A registry with the built-in nodes and `plugin`.
 pub fn registry(plugin: &TestPlugin) -> NodeRegistry<B> {
-    NodeRegistry::from_plugins(&(weft_nodes::Builtin, plugin.clone())).expect("the built-in and test plugins do not conflict")
+    NodeRegistry::from_plugins(&(weft_nodes::Builtin, plugin.clone()))
+        .expect("the built-in and test plugins do not conflict")
 }
 
 /// Parses and validates workflow text.
@@ -333,8 +350,15 @@ impl Harness {
     pub fn new() -> Self {
         let plugin = TestPlugin::default();
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let env = RunEnv { output_dir: dir.path().join("output"), base_dir: dir.path().to_owned(), ..RunEnv::default() };
-        Harness { probe: plugin.probe.clone(), registry: registry(&plugin), executor: Executor::new(Default::default(), env), events: EventLog::default(), dir }
+        let env =
+            RunEnv { output_dir: dir.path().join("output"), base_dir: dir.path().to_owned(), ..RunEnv::default() };
+        Harness {
+            probe: plugin.probe.clone(),
+            registry: registry(&plugin),
+            executor: Executor::new(Default::default(), env),
+            events: EventLog::default(),
+            dir,
+        }
     }
 
     /// Validates `source` (panicking with the report if invalid).

@@ -21,6 +21,12 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Load every weight of FILE through a model patcher and offload it, CYCLES times; report per
+    /// cycle the load and offload times, device memory, RSS and the file's mappings.
+    Offload(super::bench_offload::OffloadArgs),
+    /// Write a synthetic GGUF of about SIZE_MB with city96's mix of tensor types (random values),
+    /// for `bench offload`.
+    Synth(super::bench_offload::SynthArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -46,6 +52,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Offload(args) => super::bench_offload::run_offload(args),
+        BenchCommand::Synth(args) => super::bench_offload::run_synth(args),
     }
 }
 

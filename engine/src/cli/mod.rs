@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod bench_offload;
 pub mod gguf;
 mod nodes;
 mod progress;

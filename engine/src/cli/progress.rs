@@ -44,7 +44,9 @@ pub(super) struct Renderer {
 
 impl Renderer {
     pub(super) fn new() -> Self {
-        let bars = std::io::stderr().is_terminal().then(|| BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
         Renderer { bars, state: Mutex::new(State::default()) }
     }
 
@@ -75,7 +77,10 @@ impl EventSink for Renderer {
             Event::NodeStarted { node_id, node_type } => match self.bars {
                 Some(bars) => {
                     let bar = bars.add(ProgressBar::new_spinner());
-                    bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
                     bar.set_message(format!("{node_id} ({node_type})"));
                     bar.enable_steady_tick(Duration::from_millis(100));
                     state.bars.insert(node_id.clone(), bar);

@@ -100,7 +100,13 @@ fn summary(report: &RunReport) -> String {
     let list = |ids: &[&str]| if ids.is_empty() { String::new() } else { format!(" ({})", ids.join(", ")) };
     let cached: Vec<&str> = report.cached.iter().map(String::as_str).collect();
     let skipped: Vec<&str> = report.skipped.iter().map(String::as_str).collect();
-    let mut text = format!("ran {}{}, cached {}{}", report.executed.len(), list(&report.executed_ids()), cached.len(), list(&cached));
+    let mut text = format!(
+        "ran {}{}, cached {}{}",
+        report.executed.len(),
+        list(&report.executed_ids()),
+        cached.len(),
+        list(&cached)
+    );
     if !skipped.is_empty() {
         text.push_str(&format!(", skipped {}{}", skipped.len(), list(&skipped)));
     }

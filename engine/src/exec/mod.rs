@@ -12,6 +12,7 @@ use crate::graph::{EdgeTarget, Graph};
 use crate::node::{Inputs, NodeContext, NodeError, ParamValue, RunEnv, Value};
 use burn::tensor::backend::Backend;
 use cache::{OutputCache, SignatureInput};
+use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +92,13 @@ impl RunReport {
     }
 }
 
+/// The signature and outputs of each node computed (or served) so far in a run.
+type Computed<B> = HashMap<NodeIndex, (Signature, Arc<[Value<B>]>)>;
+
+/// What [`Executor::step`] did with one node: its signature, its outputs, and how long it ran
+/// (`None`: served from the cache).
+type Step<B> = (Signature, Arc<[Value<B>]>, Option<Duration>);
+
 /// Runs graphs on one device, keeping a cache of outputs between runs.
 pub struct Executor<B: Backend> {
     device: B::Device,
@@ -135,91 +143,47 @@ impl<B: Backend> Executor<B> {
 
     /// Runs what `graph`'s output nodes need. Stops at the first failure, or at the next check after
     /// `cancel` is set; either way nothing is cached from the node that did not finish.
-    pub fn run(&mut self, graph: &Graph<B>, events: &dyn EventSink, cancel: &CancelToken) -> Result<RunReport, ExecError> {
+    pub fn run(
+        &mut self,
+        graph: &Graph<B>,
+        events: &dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<RunReport, ExecError> {
         self.runs += 1;
         let run = self.runs;
         let started = Instant::now();
         let plan = graph.needed();
         events.event(&Event::RunStarted { run, planned: plan.len() });
         let mut report = RunReport { run, ..RunReport::default() };
-        report.skipped = graph.nodes().map(|n| n.id.clone()).filter(|id| !plan.iter().any(|&i| &graph.node_at(i).id == id)).collect();
+        report.skipped = graph
+            .nodes()
+            .filter(|n| !plan.iter().any(|&i| graph.node_at(i).id == n.id))
+            .map(|n| n.id.clone())
+            .collect();
 
-        let mut values: HashMap<petgraph::graph::NodeIndex, (Signature, Arc<[Value<B>]>)> = HashMap::new();
+        let mut computed: Computed<B> = HashMap::new();
         self.last_signatures.clear();
         for &index in &plan {
             let node = graph.node_at(index);
-            let node_type = node.schema.type_name.clone();
-            let fail = |source: NodeError| ExecError::Node { node_id: node.id.clone(), node_type: node_type.clone(), source };
-            if cancel.is_cancelled() {
-                events.event(&Event::Cancelled { node_id: Some(node.id.clone()) });
-                return Err(ExecError::Cancelled { node_id: Some(node.id.clone()) });
-            }
-
-            let mut params = node.params.clone();
-            let mut inputs = Inputs::new();
-            let mut upstream = Vec::new();
-            for (source, edge) in graph.incoming(index) {
-                let (source_signature, outputs) = &values[&source];
-                let value = outputs[edge.output].clone();
-                match &edge.target {
-                    EdgeTarget::Input(name) => {
-                        upstream.push((name.clone(), *source_signature, edge.output));
-                        inputs.insert(name, value);
-                    }
-                    EdgeTarget::Param(name) => {
-                        let linked = linked_param(node, name, &value).map_err(|e| {
-                            events.event(&Event::NodeFailed { node_id: node.id.clone(), node_type: node_type.clone(), error: e.to_string() });
-                            fail(e)
-                        })?;
-                        params.insert(name.clone(), linked);
-                    }
-                }
-            }
-
-            let ctx = NodeContext::new(&node.id, &self.device, &self.env).with_events(events).with_cancel(cancel.clone());
-            let fingerprint = node.node.fingerprint(&params, &ctx).map_err(|e| {
-                events.event(&Event::NodeFailed { node_id: node.id.clone(), node_type: node_type.clone(), error: error_chain(&e) });
-                fail(e)
-            })?;
-            let nonce = node.schema.always_run.then_some(run);
-            let signature =
-                Signature::of(&SignatureInput { node_type: &node_type, params: &params, upstream: &upstream, fingerprint: &fingerprint, nonce });
-            self.last_signatures.insert(node.id.clone(), signature);
-
-            if !node.schema.always_run
-                && let Some(outputs) = self.cache.get(signature, run)
-            {
-                events.event(&Event::NodeCached { node_id: node.id.clone(), node_type: node_type.clone() });
-                report.cached.push(node.id.clone());
-                values.insert(index, (signature, outputs));
-                continue;
-            }
-
-            events.event(&Event::NodeStarted { node_id: node.id.clone(), node_type: node_type.clone() });
-            let node_started = Instant::now();
-            let outputs = match node.node.run(&params, inputs, &ctx) {
-                Ok(outputs) => outputs.into_values(),
-                Err(NodeError::Cancelled) => {
-                    events.event(&Event::Cancelled { node_id: Some(node.id.clone()) });
-                    return Err(ExecError::Cancelled { node_id: Some(node.id.clone()) });
-                }
-                Err(e) => {
-                    events.event(&Event::NodeFailed { node_id: node.id.clone(), node_type: node_type.clone(), error: error_chain(&e) });
-                    return Err(fail(e));
-                }
+            let step = if cancel.is_cancelled() {
+                Err(ExecError::Cancelled { node_id: Some(node.id.clone()) })
+            } else {
+                self.step(graph, index, &computed, run, events, cancel)
             };
-            if let Err(reason) = check_outputs(&node.schema, &outputs) {
-                events.event(&Event::NodeFailed { node_id: node.id.clone(), node_type: node_type.clone(), error: reason.clone() });
-                return Err(ExecError::Contract { node_id: node.id.clone(), node_type, reason });
+            match step {
+                Ok((signature, outputs, duration)) => {
+                    match duration {
+                        Some(duration) => report.executed.push(NodeRun { node_id: node.id.clone(), duration }),
+                        None => report.cached.push(node.id.clone()),
+                    }
+                    self.last_signatures.insert(node.id.clone(), signature);
+                    computed.insert(index, (signature, outputs));
+                }
+                Err(error) => {
+                    events.event(&failure_event(&error));
+                    return Err(error);
+                }
             }
-            let duration = node_started.elapsed();
-            events.event(&Event::NodeFinished { node_id: node.id.clone(), node_type: node_type.clone(), duration });
-            report.executed.push(NodeRun { node_id: node.id.clone(), duration });
-            let outputs: Arc<[Value<B>]> = outputs.into();
-            if !node.schema.always_run {
-                self.cache.insert(signature, outputs.clone(), run);
-            }
-            values.insert(index, (signature, outputs));
         }
 
         self.cache.retain_run(run);
@@ -227,18 +191,112 @@ impl<B: Backend> Executor<B> {
         events.event(&Event::RunFinished { run, duration: report.duration });
         Ok(report)
     }
+
+    /// Keys node `index` and serves it from the cache or runs it. Returns its signature, its outputs
+    /// and, if it ran, how long it took.
+    fn step(
+        &mut self,
+        graph: &Graph<B>,
+        index: NodeIndex,
+        computed: &Computed<B>,
+        run: u64,
+        events: &dyn EventSink,
+        cancel: &CancelToken,
+    ) -> Result<Step<B>, ExecError> {
+        let node = graph.node_at(index);
+        let node_type = node.schema.type_name.as_str();
+        let fail = |source: NodeError| match source {
+            NodeError::Cancelled => ExecError::Cancelled { node_id: Some(node.id.clone()) },
+            source => ExecError::Node { node_id: node.id.clone(), node_type: node_type.to_owned(), source },
+        };
+
+        let mut params = node.params.clone();
+        let mut inputs = Inputs::new();
+        let mut upstream = Vec::new();
+        for (source, edge) in graph.incoming(index) {
+            // The plan is topological, so every source was computed before its consumers.
+            let (source_signature, outputs) = &computed[&source];
+            let value = outputs[edge.output].clone();
+            match &edge.target {
+                EdgeTarget::Input(name) => {
+                    upstream.push((name.clone(), *source_signature, edge.output));
+                    inputs.insert(name, value);
+                }
+                EdgeTarget::Param(name) => {
+                    params.insert(name.clone(), linked_param(node, name, &value).map_err(fail)?);
+                }
+            }
+        }
+
+        let ctx = NodeContext::new(&node.id, &self.device, &self.env).with_events(events).with_cancel(cancel.clone());
+        let fingerprint = node.node.fingerprint(&params, &ctx).map_err(fail)?;
+        let nonce = node.schema.always_run.then_some(run);
+        let signature = Signature::of(&SignatureInput {
+            node_type,
+            params: &params,
+            upstream: &upstream,
+            fingerprint: &fingerprint,
+            nonce,
+        });
+
+        if !node.schema.always_run
+            && let Some(outputs) = self.cache.get(signature, run)
+        {
+            tracing::debug!(node = %node.id, node_type, "cached");
+            events.event(&Event::NodeCached { node_id: node.id.clone(), node_type: node_type.to_owned() });
+            return Ok((signature, outputs, None));
+        }
+
+        tracing::debug!(node = %node.id, node_type, "started");
+        events.event(&Event::NodeStarted { node_id: node.id.clone(), node_type: node_type.to_owned() });
+        let started = Instant::now();
+        let outputs = node.node.run(&params, inputs, &ctx).map_err(fail)?.into_values();
+        check_outputs(&node.schema, &outputs).map_err(|reason| ExecError::Contract {
+            node_id: node.id.clone(),
+            node_type: node_type.to_owned(),
+            reason,
+        })?;
+        let duration = started.elapsed();
+        tracing::debug!(node = %node.id, node_type, ?duration, "finished");
+        events.event(&Event::NodeFinished { node_id: node.id.clone(), node_type: node_type.to_owned(), duration });
+        let outputs: Arc<[Value<B>]> = outputs.into();
+        if !node.schema.always_run {
+            self.cache.insert(signature, outputs.clone(), run);
+        }
+        Ok((signature, outputs, Some(duration)))
+    }
+}
+
+/// The event that reports `error`.
+fn failure_event(error: &ExecError) -> Event {
+    match error {
+        ExecError::Cancelled { node_id } => Event::Cancelled { node_id: node_id.clone() },
+        ExecError::Node { node_id, node_type, source } => {
+            Event::NodeFailed { node_id: node_id.clone(), node_type: node_type.clone(), error: error_chain(source) }
+        }
+        ExecError::Contract { node_id, node_type, reason } => {
+            Event::NodeFailed { node_id: node_id.clone(), node_type: node_type.clone(), error: reason.clone() }
+        }
+    }
 }
 
 /// A linked value for parameter `name`, checked against its spec like a literal would be.
-fn linked_param<B: Backend>(node: &crate::graph::GraphNode<B>, name: &str, value: &Value<B>) -> Result<ParamValue, NodeError> {
+fn linked_param<B: Backend>(
+    node: &crate::graph::GraphNode<B>,
+    name: &str,
+    value: &Value<B>,
+) -> Result<ParamValue, NodeError> {
     let literal = match value {
         Value::Int(v) => ParamValue::Int(*v),
         Value::Float(v) => ParamValue::Float(*v),
         Value::String(v) => ParamValue::String(v.clone()),
         Value::Boolean(v) => ParamValue::Boolean(*v),
-        other => return Err(NodeError::Params(format!("parameter \"{name}\" cannot take a {} value", other.port_type()))),
+        other => {
+            return Err(NodeError::Params(format!("parameter \"{name}\" cannot take a {} value", other.port_type())));
+        }
     };
-    let spec = node.schema.param_spec(name).ok_or_else(|| NodeError::Params(format!("unknown parameter \"{name}\"")))?;
+    let spec =
+        node.schema.param_spec(name).ok_or_else(|| NodeError::Params(format!("unknown parameter \"{name}\"")))?;
     spec.check(&literal).map_err(|problem| NodeError::Params(format!("parameter \"{name}\" (linked): {problem}")))
 }
 

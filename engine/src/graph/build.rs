@@ -59,7 +59,12 @@ impl<'w> Builder<'w> {
                 self.report(workflow.value_pos(&["nodes", id, "type"], 0), id, problem);
                 continue;
             };
-            let node = GraphNode { id: id.to_owned(), schema: registered.schema.clone(), params: ParamMap::new(), node: registered.node.clone() };
+            let node = GraphNode {
+                id: id.to_owned(),
+                schema: registered.schema.clone(),
+                params: ParamMap::new(),
+                node: registered.node.clone(),
+            };
             let index = dag.add_node(node);
             index_of.insert(id, index);
             entries.push((index, id, entry));
@@ -168,7 +173,8 @@ impl<'w> Builder<'w> {
             } else if let Some(param) = schema.param_spec(name) {
                 (param.port_type(), EdgeTarget::Param(name.to_owned()))
             } else {
-                let names = schema.inputs.iter().map(|i| i.name.as_str()).chain(schema.params.iter().map(|p| p.name.as_str()));
+                let names =
+                    schema.inputs.iter().map(|i| i.name.as_str()).chain(schema.params.iter().map(|p| p.name.as_str()));
                 let hint = did_you_mean(nearest(name, names));
                 self.report(key, id, Problem::UnknownInput { name: name.to_owned(), hint });
                 continue;
@@ -180,14 +186,19 @@ impl<'w> Builder<'w> {
             let Some(&source) = index_of.get(link_ref.node) else {
                 if !declared.contains(&link_ref.node) {
                     let suggestion = nearest(link_ref.node, declared.iter().copied()).map(str::to_owned);
-                    let problem = Problem::LinkToUnknownNode { input: name.to_owned(), target: link_ref.node.to_owned(), suggestion };
+                    let problem = Problem::LinkToUnknownNode {
+                        input: name.to_owned(),
+                        target: link_ref.node.to_owned(),
+                        suggestion,
+                    };
                     self.report(value, id, problem);
                 }
                 // A node of unknown type is reported where it is declared; its outputs are unknown.
                 continue;
             };
             let source_schema = &dag[source].schema;
-            let outputs = || source_schema.outputs.iter().map(|o| format!("\"{}\"", o.name)).collect::<Vec<_>>().join(", ");
+            let outputs =
+                || source_schema.outputs.iter().map(|o| format!("\"{}\"", o.name)).collect::<Vec<_>>().join(", ");
             let output = match link_ref.output {
                 Some(output) => source_schema.output_index(output).ok_or_else(|| {
                     if source_schema.outputs.is_empty() {
@@ -217,7 +228,11 @@ impl<'w> Builder<'w> {
             };
             let found = source_schema.outputs[output].port_type.clone();
             if found != expected {
-                self.report(value, id, Problem::TypeMismatch { input: name.to_owned(), link: link.clone(), expected, found });
+                self.report(
+                    value,
+                    id,
+                    Problem::TypeMismatch { input: name.to_owned(), link: link.clone(), expected, found },
+                );
                 continue;
             }
             links.push((source, Edge { output, target }));
@@ -229,7 +244,11 @@ impl<'w> Builder<'w> {
         let key = self.workflow.key_pos(&["nodes", id], 0);
         for input in schema.inputs.iter().filter(|i| !i.optional) {
             if entry.inputs.get(&input.name).is_none() {
-                self.report(key, id, Problem::MissingInput { name: input.name.clone(), port_type: input.port_type.clone() });
+                self.report(
+                    key,
+                    id,
+                    Problem::MissingInput { name: input.name.clone(), port_type: input.port_type.clone() },
+                );
             }
         }
         for param in schema.params.iter().filter(|p| p.default.is_none()) {
@@ -284,8 +303,10 @@ fn cycle_through<N, E>(dag: &DiGraph<N, E>, start: NodeIndex, members: &HashSet<
 
 /// Kahn's algorithm with the smallest (earliest in the file) ready node first: deterministic.
 fn topological_order<N, E>(dag: &DiGraph<N, E>) -> Vec<NodeIndex> {
-    let mut indegree: Vec<usize> = dag.node_indices().map(|i| dag.neighbors_directed(i, petgraph::Direction::Incoming).count()).collect();
-    let mut ready: BinaryHeap<Reverse<NodeIndex>> = dag.node_indices().filter(|i| indegree[i.index()] == 0).map(Reverse).collect();
+    let mut indegree: Vec<usize> =
+        dag.node_indices().map(|i| dag.neighbors_directed(i, petgraph::Direction::Incoming).count()).collect();
+    let mut ready: BinaryHeap<Reverse<NodeIndex>> =
+        dag.node_indices().filter(|i| indegree[i.index()] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(dag.node_count());
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);

@@ -212,9 +212,7 @@ impl<'t> Parser<'t> {
 
     /// Eats the separating comma; guarantees progress on text it does not understand.
     fn after_item(&mut self, start: usize) {
-        if self.peek_is(0, &Tok::Comma) {
-            self.at += 1;
-        } else if self.at == start {
+        if self.peek_is(0, &Tok::Comma) || self.at == start {
             self.at += 1;
         }
     }

@@ -9,7 +9,9 @@ mod workflow;
 pub use diagnostic::{Diagnostic, Problem, ValidationReport};
 pub use locate::Pos;
 pub use overrides::{Assignment, OverrideError, Sweep};
-pub use workflow::{FORMAT_VERSION, LinkRef, NodeEntry, OrderedMap, Workflow, WorkflowError, WorkflowFile, is_valid_node_id};
+pub use workflow::{
+    FORMAT_VERSION, LinkRef, NodeEntry, OrderedMap, Workflow, WorkflowError, WorkflowFile, is_valid_node_id,
+};
 
 use crate::node::{NodeSchema, ParamMap};
 use crate::registry::DynNode;
@@ -90,7 +92,8 @@ impl<B: Backend> Graph<B> {
     /// The links into node `i`: (source node, link), in a stable order.
     pub(crate) fn incoming(&self, i: NodeIndex) -> Vec<(NodeIndex, &Edge)> {
         use petgraph::visit::EdgeRef;
-        let mut edges: Vec<_> = self.dag.edges_directed(i, Direction::Incoming).map(|e| (e.source(), e.weight())).collect();
+        let mut edges: Vec<_> =
+            self.dag.edges_directed(i, Direction::Incoming).map(|e| (e.source(), e.weight())).collect();
         edges.sort_by(|a, b| a.1.target.cmp(&b.1.target));
         edges
     }

@@ -58,7 +58,7 @@ pub enum OverrideError {
         /// The parameter.
         param: String,
         /// How it does not fit.
-        problem: ParamProblem,
+        problem: Box<ParamProblem>,
     },
 }
 
@@ -125,7 +125,11 @@ impl Sweep {
                 .flat_map(|prefix| {
                     sweep.values.iter().map(move |value| {
                         let mut next = prefix.clone();
-                        next.push(Assignment { node: sweep.node.clone(), param: sweep.param.clone(), value: value.clone() });
+                        next.push(Assignment {
+                            node: sweep.node.clone(),
+                            param: sweep.param.clone(),
+                            value: value.clone(),
+                        });
                         next
                     })
                 })
@@ -138,7 +142,11 @@ impl Sweep {
 impl Workflow {
     /// Sets a parameter from the command line: the value is parsed by the parameter's kind and
     /// checked; a link that fed the parameter is replaced by the literal.
-    pub fn apply<B: Backend>(&mut self, registry: &NodeRegistry<B>, assignment: &Assignment) -> Result<(), OverrideError> {
+    pub fn apply<B: Backend>(
+        &mut self,
+        registry: &NodeRegistry<B>,
+        assignment: &Assignment,
+    ) -> Result<(), OverrideError> {
         let arg = assignment.to_arg();
         let Some(entry) = self.file.nodes.get_mut(&assignment.node) else {
             let ids = self.file.nodes.0.iter().map(|(id, _)| id.as_str());
@@ -146,11 +154,16 @@ impl Workflow {
             return Err(OverrideError::UnknownNode { arg, node: assignment.node.clone(), suggestion });
         };
         let Some(registered) = registry.get(&entry.node_type) else {
-            return Err(OverrideError::UnknownType { arg, node: assignment.node.clone(), node_type: entry.node_type.clone() });
+            return Err(OverrideError::UnknownType {
+                arg,
+                node: assignment.node.clone(),
+                node_type: entry.node_type.clone(),
+            });
         };
         let schema = &registered.schema;
         let Some(spec) = schema.param_spec(&assignment.param) else {
-            let suggestion = nearest(&assignment.param, schema.params.iter().map(|p| p.name.as_str())).map(str::to_owned);
+            let suggestion =
+                nearest(&assignment.param, schema.params.iter().map(|p| p.name.as_str())).map(str::to_owned);
             return Err(OverrideError::UnknownParam {
                 arg,
                 node: assignment.node.clone(),
@@ -163,7 +176,7 @@ impl Workflow {
             arg,
             node: assignment.node.clone(),
             param: assignment.param.clone(),
-            problem,
+            problem: Box::new(problem),
         })?;
         entry.params.remove(&assignment.param);
         entry.params.set(&assignment.param, value);

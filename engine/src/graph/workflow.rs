@@ -203,7 +203,12 @@ impl Workflow {
         let path = path.map(Path::to_owned);
         let file: WorkflowFile = ron_options().from_str(source).map_err(|e| {
             let pos = Pos { line: e.span.start.line.max(1), col: e.span.start.col.max(1) };
-            let diagnostic = Diagnostic { file: path.clone(), pos: Some(pos), node: None, problem: Problem::Syntax(e.code.to_string()) };
+            let diagnostic = Diagnostic {
+                file: path.clone(),
+                pos: Some(pos),
+                node: None,
+                problem: Problem::Syntax(e.code.to_string()),
+            };
             ValidationReport::new(vec![diagnostic])
         })?;
         let workflow = Workflow { path, file, locator: std::sync::Arc::new(Locator::new(source)) };
@@ -217,7 +222,8 @@ impl Workflow {
 
     /// Reads and parses a workflow file.
     pub fn load(path: &Path) -> Result<Self, WorkflowError> {
-        let source = std::fs::read_to_string(path).map_err(|source| WorkflowError::Io { path: path.to_owned(), source })?;
+        let source =
+            std::fs::read_to_string(path).map_err(|source| WorkflowError::Io { path: path.to_owned(), source })?;
         Ok(Self::parse(&source, Some(path))?)
     }
 

@@ -105,13 +105,37 @@ impl<'a, B: Backend> NodeContext<'a, B> {
         if path.is_absolute() { path.to_owned() } else { self.env.base_dir.join(path) }
     }
 
+    /// Finds a model file the way ComfyUI does: `name` as a path (absolute, or relative to the
+    /// workflow's folder) if it exists, else `<models dir>/<folder>/<name>` for each models folder and
+    /// each of `folders` (e.g. `["diffusion_models", "unet"]`), in order. The error lists every place tried.
+    pub fn find_model(&self, folders: &[&str], name: &str) -> Result<PathBuf, NodeError> {
+        let direct = self.resolve_path(name);
+        let mut tried = vec![direct.clone()];
+        if direct.is_file() {
+            return Ok(direct);
+        }
+        for root in &self.env.models_dirs {
+            for folder in folders {
+                let candidate = root.join(folder).join(name);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+                tried.push(candidate);
+            }
+        }
+        let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        Err(NodeError::msg(format!("model file {name:?} not found; looked for {}", tried.join(", "))))
+    }
+
     /// `relative` inside the output folder; refuses absolute paths and `..` so that a workflow can
     /// write nowhere else.
     pub fn output_path(&self, relative: &str) -> Result<PathBuf, NodeError> {
         let path = Path::new(relative);
         let escapes = path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
         if escapes || relative.is_empty() {
-            return Err(NodeError::msg(format!("output path {relative:?} must be relative and stay inside the output folder")));
+            return Err(NodeError::msg(format!(
+                "output path {relative:?} must be relative and stay inside the output folder"
+            )));
         }
         Ok(self.env.output_dir.join(path))
     }

@@ -251,7 +251,11 @@ impl ParamSpec {
         match (&self.kind, value) {
             (ParamKind::Int { min, max }, ParamValue::Int(v)) => {
                 if v < min || v > max {
-                    return Err(ParamProblem::OutOfRange { value: v.to_string(), min: min.to_string(), max: max.to_string() });
+                    return Err(ParamProblem::OutOfRange {
+                        value: v.to_string(),
+                        min: min.to_string(),
+                        max: max.to_string(),
+                    });
                 }
                 Ok(value.clone())
             }
@@ -304,7 +308,11 @@ impl ParamSpec {
 
 fn check_float(v: f64, min: f64, max: f64) -> Result<ParamValue, ParamProblem> {
     if !v.is_finite() || v < min || v > max {
-        return Err(ParamProblem::OutOfRange { value: format!("{v:?}"), min: format!("{min:?}"), max: format!("{max:?}") });
+        return Err(ParamProblem::OutOfRange {
+            value: format!("{v:?}"),
+            min: format!("{min:?}"),
+            max: format!("{max:?}"),
+        });
     }
     Ok(ParamValue::Float(v))
 }
@@ -337,5 +345,46 @@ impl From<&str> for ParamValue {
 impl From<String> for ParamValue {
     fn from(v: String) -> Self {
         ParamValue::String(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_widen_to_floats_and_ranges_hold() {
+        let spec = ParamSpec::float("cfg").range_f(0.0, 30.0);
+        assert_eq!(spec.check(&ParamValue::Int(7)), Ok(ParamValue::Float(7.0)));
+        assert!(matches!(spec.check(&ParamValue::Float(f64::NAN)), Err(ParamProblem::OutOfRange { .. })));
+        assert!(matches!(spec.check(&ParamValue::Float(30.5)), Err(ParamProblem::OutOfRange { .. })));
+        let steps = ParamSpec::int("steps").range(1, 10000);
+        assert_eq!(steps.check(&ParamValue::Float(20.0)).unwrap_err().to_string(), "expected an integer, found a float");
+    }
+
+    #[test]
+    fn command_line_values_parse_by_kind() {
+        assert_eq!(ParamSpec::int("seed").parse_arg(" 42 "), Ok(ParamValue::Int(42)));
+        assert_eq!(ParamSpec::float("cfg").parse_arg("3.5"), Ok(ParamValue::Float(3.5)));
+        assert_eq!(ParamSpec::boolean("b").parse_arg("true"), Ok(ParamValue::Boolean(true)));
+        assert_eq!(ParamSpec::string("s").parse_arg(" keep spaces "), Ok(ParamValue::String(" keep spaces ".into())));
+        let err = ParamSpec::choice("mode", &["a", "b"]).parse_arg("c").unwrap_err();
+        assert_eq!(err.to_string(), "\"c\" is not one of the choices: a, b");
+        assert_eq!(ParamSpec::int("seed").parse_arg("4x").unwrap_err().to_string(), "expected an integer, found \"4x\"");
+    }
+
+    #[test]
+    fn placeholders_pass_their_own_check() {
+        let specs = [
+            ParamSpec::int("a").range(5, 9),
+            ParamSpec::float("b").range_f(-3.0, -1.0),
+            ParamSpec::choice("c", &["x", "y"]),
+            ParamSpec::text("d"),
+            ParamSpec::boolean("e"),
+            ParamSpec::int("f").default(7),
+        ];
+        for spec in specs {
+            assert!(spec.check(&spec.placeholder()).is_ok(), "{spec:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A value on a port. Cloning is cheap: tensors and objects are reference-counted.
+#[non_exhaustive]
 pub enum Value<B: Backend> {
     /// `INT`.
     Int(i64),

@@ -1,0 +1,71 @@
+//! What a weight's device copy is made from: the mapping's bytes as they are, or the file's
+//! values dequantized, patched and converted to the compute dtype in a fresh host buffer.
+#![forbid(unsafe_code)]
+
+use super::device::HostData;
+use super::{LoadOptions, PatchError, WeightFormat, WeightPatch};
+use crate::weights::WeightSource;
+use burn::tensor::DType;
+use weft_formats::gguf::GgmlType;
+use weft_formats::{StorageType, TensorInfo};
+
+/// A weight ready to upload.
+pub(crate) enum HostWeight<'a> {
+    /// Floating-point values of `DType`.
+    Float(HostData<'a>, DType),
+    /// Quantized blocks, as stored.
+    Blocks(&'a [u8], GgmlType),
+}
+
+impl HostWeight<'_> {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            HostWeight::Float(data, _) => data.as_bytes(),
+            HostWeight::Blocks(bytes, _) => bytes,
+        }
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            HostWeight::Float(_, dtype) => *dtype,
+            HostWeight::Blocks(..) => DType::U8,
+        }
+    }
+}
+
+/// The float dtype a stored type maps onto without conversion.
+fn plain_float(dtype: StorageType) -> Option<DType> {
+    match dtype.ggml()? {
+        GgmlType::F32 => Some(DType::F32),
+        GgmlType::F16 => Some(DType::F16),
+        GgmlType::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// Whether the weight goes to the device as its stored bytes (no patches, `AsStored`, and a type
+/// the device copy can hold as is: plain floats and quantized ggml blocks).
+pub(crate) fn stays_as_stored(info: &TensorInfo, patched: bool, options: LoadOptions) -> bool {
+    !patched && options.format == WeightFormat::AsStored && (plain_float(info.dtype).is_some() || info.dtype.ggml().is_some_and(GgmlType::is_quantized))
+}
+
+/// The weight `info` of `source` with `patches` applied, as `options` lay it out.
+pub(crate) fn materialize<'a>(source: &'a WeightSource, info: &TensorInfo, patches: &[&WeightPatch], options: LoadOptions) -> Result<HostWeight<'a>, PatchError> {
+    if stays_as_stored(info, !patches.is_empty(), options) {
+        let bytes = source.bytes(info);
+        return Ok(match (plain_float(info.dtype), info.dtype.ggml()) {
+            (Some(dtype), _) => HostWeight::Float(HostData::Mapped(bytes), dtype),
+            (None, Some(ty)) => HostWeight::Blocks(bytes, ty),
+            (None, None) => unreachable!("stays_as_stored admits ggml types only"),
+        });
+    }
+    let mut values = source.dequantize(info)?;
+    for patch in patches {
+        patch.apply(&mut values, &info.shape)?;
+    }
+    Ok(match options.compute_dtype {
+        DType::F16 => HostWeight::Float(HostData::Half(values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()), DType::F16),
+        DType::BF16 => HostWeight::Float(HostData::Half(values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()), DType::BF16),
+        _ => HostWeight::Float(HostData::F32(values), DType::F32),
+    })
+}

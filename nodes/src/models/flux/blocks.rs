@@ -1,0 +1,232 @@
+//! Flux's building blocks, as in BFL's `flux/modules/layers.py`: the MLP embedder, modulation,
+//! QK-normed self-attention, the double-stream and single-stream blocks and the final layer.
+//! Tensor names are the checkpoint's (`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1` …).
+use super::FluxConfig;
+use super::rope::Rope;
+use crate::models::ModelError;
+use crate::models::layers::{Linear, attention, layer_norm, rms_norm};
+use crate::models::source::Weights;
+use burn::tensor::Tensor;
+use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::backend::Backend;
+
+/// Flux's LayerNorms (no affine) and RMSNorms both use this epsilon.
+const EPS: f64 = 1e-6;
+
+/// `out_layer(silu(in_layer(x)))`: `time_in`, `guidance_in`, `vector_in`.
+#[derive(Debug, Clone)]
+pub struct MlpEmbedder<B: Backend> {
+    in_layer: Linear<B>,
+    out_layer: Linear<B>,
+}
+
+impl<B: Backend> MlpEmbedder<B> {
+    pub fn load(w: &Weights<B>, name: &str, d_in: usize, hidden: usize) -> Result<Self, ModelError> {
+        Ok(MlpEmbedder {
+            in_layer: w.linear(&format!("{name}.in_layer"), d_in, hidden)?,
+            out_layer: w.linear(&format!("{name}.out_layer"), hidden, hidden)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.out_layer.forward(silu(self.in_layer.forward(x)))
+    }
+}
+
+/// Shift, scale and gate for one norm, each [B, 1, hidden].
+struct Mod<B: Backend> {
+    shift: Tensor<B, 3>,
+    scale: Tensor<B, 3>,
+    gate: Tensor<B, 3>,
+}
+
+impl<B: Backend> Mod<B> {
+    /// `(1 + scale) * x + shift` on an already normalized `x`.
+    fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x * (self.scale.clone() + 1.0) + self.shift.clone()
+    }
+}
+
+/// `lin(silu(vec))` split into `chunks` [B, 1, hidden] pieces (BFL `Modulation`).
+fn modulation<B: Backend>(lin: &Linear<B>, vec: &Tensor<B, 2>, chunks: usize) -> Vec<Tensor<B, 3>> {
+    lin.forward(silu(vec.clone())).unsqueeze_dim::<3>(1).chunk(chunks, 2)
+}
+
+fn mods<B: Backend>(parts: &[Tensor<B, 3>]) -> Mod<B> {
+    Mod { shift: parts[0].clone(), scale: parts[1].clone(), gate: parts[2].clone() }
+}
+
+/// QK-normed query/key scales of one attention.
+#[derive(Debug, Clone)]
+struct QkNorm<B: Backend> {
+    query: Tensor<B, 1>,
+    key: Tensor<B, 1>,
+}
+
+impl<B: Backend> QkNorm<B> {
+    fn load(w: &Weights<B>, name: &str, head_dim: usize) -> Result<Self, ModelError> {
+        Ok(QkNorm {
+            query: w.tensor(&format!("{name}.query_norm.scale"), [head_dim])?,
+            key: w.tensor(&format!("{name}.key_norm.scale"), [head_dim])?,
+        })
+    }
+}
+
+/// Splits a fused qkv projection [B, L, 3·H·D] into q, k, v [B, H, L, D] ("B L (K H D) -> K B H L D")
+/// and RMS-normalizes q and k.
+fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, norm: &QkNorm<B>, heads: usize) -> [Tensor<B, 4>; 3] {
+    let [b, l, three_hd] = qkv.dims();
+    let head_dim = three_hd / (3 * heads);
+    let parts = qkv.reshape([b, l, 3, heads, head_dim]).permute([2, 0, 3, 1, 4]);
+    let take = |i: usize| parts.clone().narrow(0, i, 1).reshape([b, heads, l, head_dim]);
+    [rms_norm(take(0), &norm.query, EPS), rms_norm(take(1), &norm.key, EPS), take(2)]
+}
+
+/// RoPE, attention, and heads merged back: [B, L, H·D].
+fn rope_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pe: &Rope<B>) -> Tensor<B, 3> {
+    let [b, h, l, d] = q.dims();
+    attention(pe.apply(q), pe.apply(k), v).swap_dims(1, 2).reshape([b, l, h * d])
+}
+
+/// One stream (img or txt) of a double block.
+#[derive(Debug, Clone)]
+struct Stream<B: Backend> {
+    modulation: Linear<B>,
+    qkv: Linear<B>,
+    norm: QkNorm<B>,
+    proj: Linear<B>,
+    mlp_in: Linear<B>,
+    mlp_out: Linear<B>,
+}
+
+impl<B: Backend> Stream<B> {
+    fn load(w: &Weights<B>, name: &str, cfg: &FluxConfig) -> Result<Self, ModelError> {
+        let (h, m) = (cfg.hidden, cfg.mlp_hidden);
+        let qkv = if cfg.qkv_bias {
+            w.linear(&format!("{name}_attn.qkv"), h, 3 * h)?
+        } else {
+            w.linear_optional_bias(&format!("{name}_attn.qkv"), h, 3 * h)?
+        };
+        Ok(Stream {
+            modulation: w.linear(&format!("{name}_mod.lin"), h, 6 * h)?,
+            qkv,
+            norm: QkNorm::load(w, &format!("{name}_attn.norm"), cfg.head_dim)?,
+            proj: w.linear(&format!("{name}_attn.proj"), h, h)?,
+            mlp_in: w.linear(&format!("{name}_mlp.0"), h, m)?,
+            mlp_out: w.linear(&format!("{name}_mlp.2"), m, h)?,
+        })
+    }
+
+    /// Modulation and the q, k, v of this stream's tokens.
+    fn pre_attention(&self, x: &Tensor<B, 3>, vec: &Tensor<B, 2>, heads: usize) -> ([Mod<B>; 2], [Tensor<B, 4>; 3]) {
+        let parts = modulation(&self.modulation, vec, 6);
+        let (m1, m2) = (mods(&parts[0..3]), mods(&parts[3..6]));
+        let modulated = m1.modulate(layer_norm(x.clone(), EPS));
+        let qkv = split_qkv(self.qkv.forward(modulated), &self.norm, heads);
+        ([m1, m2], qkv)
+    }
+
+    fn post_attention(&self, x: Tensor<B, 3>, attn: Tensor<B, 3>, [m1, m2]: [Mod<B>; 2]) -> Tensor<B, 3> {
+        let x = x + m1.gate * self.proj.forward(attn);
+        let mlp = self.mlp_out.forward(gelu_approximate(self.mlp_in.forward(m2.modulate(layer_norm(x.clone(), EPS)))));
+        x + m2.gate * mlp
+    }
+}
+
+/// A double-stream block: image and text tokens keep their own weights and attend jointly.
+#[derive(Debug, Clone)]
+pub struct DoubleBlock<B: Backend> {
+    img: Stream<B>,
+    txt: Stream<B>,
+    heads: usize,
+}
+
+impl<B: Backend> DoubleBlock<B> {
+    pub fn load(w: &Weights<B>, index: usize, cfg: &FluxConfig) -> Result<Self, ModelError> {
+        Ok(DoubleBlock {
+            img: Stream::load(w, &format!("double_blocks.{index}.img"), cfg)?,
+            txt: Stream::load(w, &format!("double_blocks.{index}.txt"), cfg)?,
+            heads: cfg.heads,
+        })
+    }
+
+    /// `(img, txt)` after the block. `pe` covers the text tokens, then the image tokens.
+    pub fn forward(&self, img: Tensor<B, 3>, txt: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (img_mods, [img_q, img_k, img_v]) = self.img.pre_attention(&img, vec, self.heads);
+        let (txt_mods, [txt_q, txt_k, txt_v]) = self.txt.pre_attention(&txt, vec, self.heads);
+        let q = Tensor::cat(vec![txt_q, img_q], 2);
+        let k = Tensor::cat(vec![txt_k, img_k], 2);
+        let v = Tensor::cat(vec![txt_v, img_v], 2);
+        let attn = rope_attention(q, k, v, pe);
+        let [b, l, d] = attn.dims();
+        let n_txt = txt.dims()[1];
+        let txt_attn = attn.clone().narrow(1, 0, n_txt);
+        let img_attn = attn.narrow(1, n_txt, l - n_txt);
+        debug_assert_eq!(img_attn.dims(), [b, l - n_txt, d]);
+        let img = self.img.post_attention(img, img_attn, img_mods);
+        let txt = self.txt.post_attention(txt, txt_attn, txt_mods);
+        (img, txt)
+    }
+}
+
+/// A single-stream block over the concatenated text and image tokens; attention and MLP run in
+/// parallel from one fused projection (`linear1`) and merge in `linear2`.
+#[derive(Debug, Clone)]
+pub struct SingleBlock<B: Backend> {
+    modulation: Linear<B>,
+    linear1: Linear<B>,
+    linear2: Linear<B>,
+    norm: QkNorm<B>,
+    hidden: usize,
+    mlp_hidden: usize,
+    heads: usize,
+}
+
+impl<B: Backend> SingleBlock<B> {
+    pub fn load(w: &Weights<B>, index: usize, cfg: &FluxConfig) -> Result<Self, ModelError> {
+        let (h, m) = (cfg.hidden, cfg.mlp_hidden);
+        let name = format!("single_blocks.{index}");
+        Ok(SingleBlock {
+            modulation: w.linear(&format!("{name}.modulation.lin"), h, 3 * h)?,
+            linear1: w.linear(&format!("{name}.linear1"), h, 3 * h + m)?,
+            linear2: w.linear(&format!("{name}.linear2"), h + m, h)?,
+            norm: QkNorm::load(w, &format!("{name}.norm"), cfg.head_dim)?,
+            hidden: h,
+            mlp_hidden: m,
+            heads: cfg.heads,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
+        let m = mods(&modulation(&self.modulation, vec, 3));
+        let fused = self.linear1.forward(m.modulate(layer_norm(x.clone(), EPS)));
+        let qkv = fused.clone().narrow(2, 0, 3 * self.hidden);
+        let mlp = fused.narrow(2, 3 * self.hidden, self.mlp_hidden);
+        let [q, k, v] = split_qkv(qkv, &self.norm, self.heads);
+        let attn = rope_attention(q, k, v, pe);
+        let out = self.linear2.forward(Tensor::cat(vec![attn, gelu_approximate(mlp)], 2));
+        x + m.gate * out
+    }
+}
+
+/// `final_layer`: adaLN (shift first, then scale) and the projection to patch channels.
+#[derive(Debug, Clone)]
+pub struct LastLayer<B: Backend> {
+    ada_ln: Linear<B>,
+    linear: Linear<B>,
+}
+
+impl<B: Backend> LastLayer<B> {
+    pub fn load(w: &Weights<B>, cfg: &FluxConfig) -> Result<Self, ModelError> {
+        Ok(LastLayer {
+            ada_ln: w.linear("final_layer.adaLN_modulation.1", cfg.hidden, 2 * cfg.hidden)?,
+            linear: w.linear("final_layer.linear", cfg.hidden, cfg.out_channels)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let parts = modulation(&self.ada_ln, vec, 2);
+        let (shift, scale) = (parts[0].clone(), parts[1].clone());
+        self.linear.forward(layer_norm(x, EPS) * (scale + 1.0) + shift)
+    }
+}

@@ -1,0 +1,192 @@
+//! Where a model's weights come from: [`TensorSource`] (named f32 tensors, any storage type) and
+//! [`Weights`], the loader the models use to fetch them by original checkpoint name, with the
+//! shape checks that turn a bad file into an error instead of a panic.
+use super::ModelError;
+use super::layers::{Conv2d, GroupNorm, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use std::collections::BTreeSet;
+use weft_engine::formats::ModelFile;
+
+/// Named tensors a model is built from.
+///
+/// Implementations hand out values as f32, whatever the storage type (F32/F16/BF16/Q*): the
+/// models compute in the backend's float type and never see blocks. A [`ModelFile`] dequantizes
+/// on each `load`; the ModelPatcher can implement this trait over its device copies.
+pub trait TensorSource<B: Backend> {
+    /// Names the source in errors (normally the file's path).
+    fn origin(&self) -> String;
+    /// Every tensor name, as stored (prefix included).
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+    /// The PyTorch-order shape of `name`, if the source has it.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The values of `name`, flat (row-major, PyTorch order), on `device`.
+    fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError>;
+    /// The architecture the file declares (GGUF `general.architecture`), if any.
+    fn architecture(&self) -> Option<String> {
+        None
+    }
+}
+
+impl<B: Backend> TensorSource<B> for ModelFile {
+    fn origin(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.tensors().iter().map(|t| t.name.as_str()))
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensor(name).map(|t| t.shape.iter().map(|&d| d as usize).collect())
+    }
+
+    fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
+        let info = self.require(name)?;
+        let values = self.dequantize(info)?;
+        let n = values.len();
+        Ok(Tensor::from_data(TensorData::new(values, [n]), device))
+    }
+
+    fn architecture(&self) -> Option<String> {
+        match self {
+            ModelFile::Gguf(f) => f.header().architecture().map(str::to_owned),
+            ModelFile::Safetensors(_) => None,
+        }
+    }
+}
+
+/// A model's view of a [`TensorSource`]: names relative to a prefix (`model.diffusion_model.`,
+/// `first_stage_model.` …), shapes checked against what the architecture expects.
+pub struct Weights<'a, B: Backend> {
+    source: &'a dyn TensorSource<B>,
+    prefix: String,
+    device: B::Device,
+}
+
+impl<'a, B: Backend> Weights<'a, B> {
+    pub fn new(source: &'a dyn TensorSource<B>, prefix: impl Into<String>, device: &B::Device) -> Self {
+        Weights { source, prefix: prefix.into(), device: device.clone() }
+    }
+
+    /// The first of `prefixes` under which the source holds `marker` (a tensor every file of the
+    /// architecture has), if any.
+    pub fn find_prefix<'p>(source: &dyn TensorSource<B>, marker: &str, prefixes: &[&'p str]) -> Option<&'p str> {
+        prefixes.iter().copied().find(|p| source.shape(&format!("{p}{marker}")).is_some())
+    }
+
+    pub fn origin(&self) -> String {
+        self.source.origin()
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Whether the source holds `name` (relative to the prefix).
+    pub fn has(&self, name: &str) -> bool {
+        self.source.shape(&self.full(name)).is_some()
+    }
+
+    /// The shape of `name`, or an error naming the file and the tensor.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>, ModelError> {
+        self.source.shape(&self.full(name)).ok_or_else(|| self.missing(name))
+    }
+
+    /// How many numbered blocks `stem.N.` the source holds (the highest N plus one).
+    pub fn count_blocks(&self, stem: &str) -> usize {
+        let start = format!("{}{stem}.", self.prefix);
+        let indices: BTreeSet<usize> = self
+            .source
+            .names()
+            .filter_map(|n| n.strip_prefix(&start)?.split('.').next()?.parse().ok())
+            .collect();
+        indices.last().map_or(0, |&last| last + 1)
+    }
+
+    /// An error for a file whose weights contradict each other.
+    pub fn config_error(&self, message: impl Into<String>) -> ModelError {
+        ModelError::Config { origin: self.origin(), message: message.into() }
+    }
+
+    /// `name` with exactly the shape `expected`.
+    pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<B, D>, ModelError> {
+        self.tensor_as(name, &[&expected], expected)
+    }
+
+    /// `name`, stored with any of the shapes in `accepted` (same element count), as `shape`.
+    /// Lets a 1x1 conv weight `[o, i, 1, 1]` load as a linear weight `[o, i]`.
+    pub fn tensor_as<const D: usize>(
+        &self,
+        name: &str,
+        accepted: &[&[usize]],
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, ModelError> {
+        let found = self.shape(name)?;
+        if !accepted.iter().any(|a| *a == found.as_slice()) {
+            return Err(ModelError::Shape {
+                origin: self.origin(),
+                name: self.full(name),
+                found,
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(self.source.load(&self.full(name), &self.device)?.reshape(shape))
+    }
+
+    /// A linear layer `name.weight` [d_out, d_in] with `name.bias` [d_out].
+    pub fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
+        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+
+    /// A linear layer whose bias may be absent (`name.bias`).
+    pub fn linear_optional_bias(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
+        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        let bias_name = format!("{name}.bias");
+        let bias = if self.has(&bias_name) { Some(self.tensor(&bias_name, [d_out])?) } else { None };
+        Ok(Linear::new(weight, bias))
+    }
+
+    /// A channel projection stored either as a linear [c_out, c_in] or a 1x1 conv [c_out, c_in, 1, 1].
+    pub fn projection(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
+        let weight = self.tensor_as(&format!("{name}.weight"), &[&[d_out, d_in], &[d_out, d_in, 1, 1]], [d_out, d_in])?;
+        let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+
+    /// A square-kernel conv `name.weight` [c_out, c_in, k, k] with `name.bias` [c_out].
+    pub fn conv2d(&self, name: &str, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> Result<Conv2d<B>, ModelError> {
+        let weight = self.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel])?;
+        let bias = self.tensor(&format!("{name}.bias"), [c_out])?;
+        Ok(Conv2d::new(weight, bias, stride, padding))
+    }
+
+    /// A group norm `name.weight`, `name.bias` [channels].
+    pub fn group_norm(&self, name: &str, channels: usize, groups: usize, eps: f64) -> Result<GroupNorm<B>, ModelError> {
+        if groups == 0 || channels % groups != 0 {
+            return Err(self.config_error(format!("{name}: {channels} channels cannot form {groups} groups")));
+        }
+        let gamma = self.tensor(&format!("{name}.weight"), [channels])?;
+        let beta = self.tensor(&format!("{name}.bias"), [channels])?;
+        Ok(GroupNorm::new(gamma, beta, groups, eps))
+    }
+
+    fn full(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        let full = self.full(name);
+        let hint = self
+            .source
+            .names()
+            .map(|n| (strsim::levenshtein(n, &full), n))
+            .min()
+            .filter(|(d, _)| *d <= full.len() / 3 + 2)
+            .map(|(_, n)| format!(" (did you mean {n:?}?)"))
+            .unwrap_or_default();
+        ModelError::MissingTensor { origin: self.origin(), name: full, hint }
+    }
+}

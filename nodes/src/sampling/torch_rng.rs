@@ -1,0 +1,159 @@
+//! torch's CPU generator: `torch.manual_seed(seed); torch.randn(shape)` for f32, bit for bit.
+//!
+//! ComfyUI draws its initial noise this way (`comfy.sample.prepare_noise`), and, on the CPU, the
+//! noise of ancestral samplers too. The pieces, as in ATen (`CPUGeneratorImpl`, `MT19937RNGEngine.h`,
+//! `DistributionTemplates.h`):
+//! - the engine is the standard MT19937, seeded with the low 32 bits of the seed;
+//! - a float uniform is `(random() & 0xFFFFFF) * 2^-24`, a double uniform
+//!   `(random64() & (2^53 - 1)) * 2^-53` with `random64 = hi << 32 | lo` from two draws;
+//! - `randn` on a contiguous f32 tensor of at least 16 elements fills the buffer with uniforms, then
+//!   converts it 16 at a time by Box-Muller ([`normal_fill_16`]); when the length is not a multiple
+//!   of 16 the last 16 values are drawn again and converted again;
+//! - below 16 elements it takes the scalar path: one double Box-Muller per two values
+//!   (`at::normal_distribution<double>`, with libm's `log1p`, `sin`, `cos`), the second value
+//!   cached in the generator, each result rounded to f32.
+//!
+//! The large-tensor path reproduces x86-64 torch (AVX2 kernels, which AVX-512 machines use too).
+//! torch on other CPUs (aarch64, e.g. Apple silicon) uses libm `logf`/`sinf`/`cosf` there and
+//! differs in the last bits; that is torch's own platform difference.
+use super::avx_mathfun::normal_fill_16;
+
+const MT_N: usize = 624;
+const MT_M: usize = 397;
+
+/// The 32-bit Mersenne Twister, as `at::mt19937` (the standard MT19937).
+#[derive(Clone)]
+pub struct Mt19937 {
+    state: [u32; MT_N],
+    index: usize,
+}
+
+impl Mt19937 {
+    /// Seeds like `at::mt19937(seed)`: only the low 32 bits count.
+    pub fn new(seed: u64) -> Self {
+        let mut state = [0u32; MT_N];
+        state[0] = seed as u32;
+        for j in 1..MT_N {
+            let prev = state[j - 1];
+            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
+        }
+        Self { state, index: MT_N }
+    }
+
+    fn twist(&mut self) {
+        const UPPER: u32 = 0x8000_0000;
+        const LOWER: u32 = 0x7fff_ffff;
+        const MATRIX_A: u32 = 0x9908_b0df;
+        for i in 0..MT_N {
+            let y = (self.state[i] & UPPER) | (self.state[(i + 1) % MT_N] & LOWER);
+            let mag = if y & 1 == 1 { MATRIX_A } else { 0 };
+            self.state[i] = self.state[(i + MT_M) % MT_N] ^ (y >> 1) ^ mag;
+        }
+        self.index = 0;
+    }
+
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        if self.index >= MT_N {
+            self.twist();
+        }
+        let mut y = self.state[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+}
+
+/// A torch CPU generator (`torch.Generator()` / the default generator after `torch.manual_seed`).
+#[derive(Clone)]
+pub struct TorchGenerator {
+    engine: Mt19937,
+    /// `next_double_normal_sample`: the second value of the scalar path's last Box-Muller pair.
+    next_double_normal: Option<f64>,
+}
+
+impl TorchGenerator {
+    /// `torch.manual_seed(seed)`: a fresh engine and no cached normal.
+    pub fn manual_seed(seed: u64) -> Self {
+        Self { engine: Mt19937::new(seed), next_double_normal: None }
+    }
+
+    /// `CPUGeneratorImpl::random`: 32 bits.
+    pub fn random(&mut self) -> u32 {
+        self.engine.next_u32()
+    }
+
+    /// `CPUGeneratorImpl::random64`: the first draw is the high half.
+    pub fn random64(&mut self) -> u64 {
+        let hi = u64::from(self.random());
+        let lo = u64::from(self.random());
+        (hi << 32) | lo
+    }
+
+    /// `uniform_real_distribution<float>(0, 1)`: 24 random bits.
+    pub fn uniform_f32(&mut self) -> f32 {
+        (self.random() & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)
+    }
+
+    /// `uniform_real_distribution<double>(0, 1)`: 53 random bits.
+    pub fn uniform_f64(&mut self) -> f64 {
+        (self.random64() & ((1u64 << 53) - 1)) as f64 * (1.0 / 9_007_199_254_740_992.0)
+    }
+
+    /// `at::normal_distribution<double>(0, 1)`: the scalar path, with its cache.
+    fn normal_f64(&mut self) -> f64 {
+        if let Some(cached) = self.next_double_normal.take() {
+            return cached;
+        }
+        let u1 = self.uniform_f64();
+        let u2 = self.uniform_f64();
+        let radius = (-2.0 * (-u2).ln_1p()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * u1;
+        self.next_double_normal = Some(radius * theta.sin());
+        radius * theta.cos()
+    }
+
+    /// `torch.randn` into a contiguous f32 buffer (mean 0, std 1).
+    pub fn randn_into(&mut self, out: &mut [f32]) {
+        let size = out.len();
+        if size < 16 {
+            for value in out.iter_mut() {
+                *value = self.normal_f64() as f32;
+            }
+            return;
+        }
+        for value in out.iter_mut() {
+            *value = self.uniform_f32();
+        }
+        for chunk in out.chunks_exact_mut(16) {
+            fill_chunk(chunk);
+        }
+        if size % 16 != 0 {
+            let tail = &mut out[size - 16..];
+            for value in tail.iter_mut() {
+                *value = self.uniform_f32();
+            }
+            fill_chunk(tail);
+        }
+    }
+
+    /// `torch.randn(shape)`: a new buffer of `shape.iter().product()` values, row-major.
+    pub fn randn(&mut self, shape: &[usize]) -> Vec<f32> {
+        let mut out = vec![0.0; shape.iter().product()];
+        self.randn_into(&mut out);
+        out
+    }
+}
+
+fn fill_chunk(chunk: &mut [f32]) {
+    if let Ok(block) = <&mut [f32; 16]>::try_from(chunk) {
+        normal_fill_16(block, 0.0, 1.0);
+    }
+}
+
+/// `torch.manual_seed(seed); torch.randn(shape)` — the noise ComfyUI's KSampler starts from.
+pub fn torch_randn(seed: u64, shape: &[usize]) -> Vec<f32> {
+    TorchGenerator::manual_seed(seed).randn(shape)
+}

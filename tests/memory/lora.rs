@@ -1,0 +1,224 @@
+//! LoRA patches: kohya (`lora_up`/`lora_down`/`alpha`, underscored names) and diffusers/PEFT
+//! (`lora_A`/`lora_B`, a key map onto a fused-qkv slice), with strength, on quantized, half and
+//! 4-D weights; the patched copy equals `W + strength·alpha/rank·up·down`, and unpatching gives
+//! the file back bit for bit. Clones carry their own patch lists.
+use super::{cache, patcher, small_model, values};
+use burn::tensor::DType;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weft_engine::formats::ModelFile;
+use weft_engine::patcher::{LoadOptions, LoraKeyMap, WeightPatch, lora_patches};
+use weft_engine::weights::WeightSource;
+
+/// A LoRA tensor: name, dtype, shape, f32 values.
+type LoraTensor = (String, Dtype, Vec<usize>, Vec<f32>);
+
+fn write_lora(dir: &Path, name: &str, tensors: &[LoraTensor]) -> PathBuf {
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, dtype, shape, v)| {
+            let data = match dtype {
+                Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            (n.clone(), *dtype, shape.clone(), data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        bytes.iter().map(|(n, dtype, shape, data)| (n.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())).collect();
+    let path = dir.join(name);
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    path
+}
+
+/// The f32 values a half-precision LoRA factor really holds.
+fn as_stored(dtype: Dtype, v: &[f32]) -> Vec<f32> {
+    match dtype {
+        Dtype::F16 => v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// `base + scale·up·down` over rows `rows` of a `[rows_total, cols]` weight, in f64.
+fn expected(base: &[f32], cols: usize, rows: std::ops::Range<usize>, up: &[f32], down: &[f32], rank: usize, scale: f64) -> Vec<f64> {
+    let mut out: Vec<f64> = base.iter().map(|&v| f64::from(v)).collect();
+    for (o, row) in rows.enumerate() {
+        for c in 0..cols {
+            let delta: f64 = (0..rank).map(|k| f64::from(up[o * rank + k]) * f64::from(down[k * cols + c])).sum();
+            out[row * cols + c] += scale * delta;
+        }
+    }
+    out
+}
+
+fn read_f32(weight: &weft_engine::patcher::DeviceWeight<weft_tests::B>) -> Vec<f32> {
+    assert_eq!(weight.dtype(), DType::F32, "a patched weight is dense in the compute dtype");
+    weight.read_back().unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((f64::from(g) - w).abs() <= tolerance * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w}");
+    }
+}
+
+#[test]
+fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = small_model(dir.path(), "m.gguf");
+    let file = std::fs::read(&model_path).unwrap();
+    let reference = ModelFile::open(&model_path).unwrap();
+    // Q8_0 [96, 64] rank 4 (F32 factors, alpha 2); F16 [64, 64] rank 8 (F16 factors, no alpha);
+    // F16 conv [8, 4, 3, 3] rank 2 ([8, 2, 1, 1] · [2, 4, 3, 3], alpha 1); and a text-encoder
+    // module that patches nothing here.
+    let modules: [(&str, &str, Dtype, usize, usize, usize, Option<f32>, Vec<usize>, Vec<usize>); 3] = [
+        ("lora_unet_double_blocks_0_img_attn_qkv", "double_blocks.0.img_attn.qkv.weight", Dtype::F32, 96, 64, 4, Some(2.0), vec![96, 4], vec![4, 64]),
+        ("lora_unet_double_blocks_0_img_attn_proj", "double_blocks.0.img_attn.proj.weight", Dtype::F16, 64, 64, 8, None, vec![64, 8], vec![8, 64]),
+        ("lora_unet_img_in_conv", "img_in.conv.weight", Dtype::F32, 8, 36, 2, Some(1.0), vec![8, 2, 1, 1], vec![2, 4, 3, 3]),
+    ];
+    let mut tensors: Vec<LoraTensor> = Vec::new();
+    for (i, (base, _, dtype, out, cols, rank, alpha, up_shape, down_shape)) in modules.iter().enumerate() {
+        tensors.push((format!("{base}.lora_up.weight"), *dtype, up_shape.clone(), values(100 + i as u64, out * rank)));
+        tensors.push((format!("{base}.lora_down.weight"), *dtype, down_shape.clone(), values(200 + i as u64, rank * cols)));
+        if let Some(a) = alpha {
+            tensors.push((format!("{base}.alpha"), Dtype::F32, vec![], vec![*a]));
+        }
+    }
+    tensors.push(("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(), Dtype::F32, vec![4, 2], values(9, 8)));
+    tensors.push(("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".into(), Dtype::F32, vec![2, 4], values(10, 8)));
+    let lora_path = write_lora(dir.path(), "kohya.safetensors", &tensors);
+
+    let cache = cache();
+    let base = patcher(&cache, &model_path, LoadOptions::default());
+    let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
+    let strength = 0.7f32;
+    let found = lora_patches(base.source(), &lora, strength, &LoraKeyMap::new()).unwrap();
+    assert_eq!(found.patches.len(), 3);
+    assert_eq!(found.unmatched.len(), 1);
+    assert!(found.unmatched[0].0.starts_with("lora_te1_"), "{:?}", found.unmatched);
+
+    let mut patched = base.clone();
+    patched.add_patches(found.patches).unwrap();
+    assert!(base.patches().is_empty(), "a clone's patches never reach the original");
+    assert_eq!(patched.patches().len(), 3);
+
+    patched.load(None).unwrap();
+    for (i, (_, target, dtype, out, cols, rank, alpha, ..)) in modules.iter().enumerate() {
+        let info = reference.tensor(target).unwrap();
+        let up = as_stored(*dtype, &tensors.iter().find(|t| t.0.ends_with("lora_up.weight") && t.0.contains(modules[i].0)).unwrap().3);
+        let down = as_stored(*dtype, &tensors.iter().find(|t| t.0.ends_with("lora_down.weight") && t.0.contains(modules[i].0)).unwrap().3);
+        let scale = f64::from(strength) * alpha.map_or(1.0, |a| f64::from(a) / *rank as f64);
+        let want = expected(&reference.dequantize(info).unwrap(), *cols, 0..*out, &up, &down, *rank, scale);
+        assert_close(target, &read_f32(&patched.resident(target).unwrap()), &want, 1e-5);
+    }
+    // Weights no patch targets stay as stored.
+    let bias = reference.tensor("double_blocks.0.img_attn.qkv.bias").unwrap();
+    assert!(patched.resident(&bias.name).unwrap().read_back().unwrap() == file[bias.range()]);
+    assert!(patched.verify().unwrap().is_empty());
+    // The unpatched original sees the file, not its clone's patches (streamed, not the shared copy).
+    let qkv = "double_blocks.0.img_attn.qkv.weight";
+    assert!(base.resident(qkv).is_none());
+    assert!(base.weight(qkv).unwrap().read_back().unwrap() == file[reference.tensor(qkv).unwrap().range()]);
+
+    // Unpatch: every patched copy is the file's bytes again, in the stored type.
+    assert_eq!(patched.unpatch().unwrap(), 3);
+    for info in reference.tensors() {
+        let weight = base.resident(&info.name).expect("resident and unpatched");
+        assert!(weight.read_back().unwrap() == file[info.range()], "{} is not the file's after unpatch", info.name);
+    }
+    assert!(base.verify().unwrap().is_empty());
+    // Patch again, then load the unpatched clone: same result as unpatch.
+    patched.load(None).unwrap();
+    assert!(base.resident(qkv).is_none());
+    base.load(None).unwrap();
+    assert!(base.verify().unwrap().is_empty());
+    assert!(std::fs::read(&model_path).unwrap() == file, "patching wrote to the model file");
+}
+
+#[test]
+fn diffusers_lora_with_a_key_map_patches_a_slice_of_a_fused_weight_with_negative_strength() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = small_model(dir.path(), "m.gguf");
+    let reference = ModelFile::open(&model_path).unwrap();
+    let rank = 4;
+    let tensors: Vec<LoraTensor> = vec![
+        // diffusers names; `to_k` lands on rows 32..64 of the fused qkv weight.
+        ("transformer.transformer_blocks.0.attn.to_k.lora_A.weight".into(), Dtype::F32, vec![rank, 64], values(1, rank * 64)),
+        ("transformer.transformer_blocks.0.attn.to_k.lora_B.weight".into(), Dtype::F32, vec![32, rank], values(2, 32 * rank)),
+        // BFL names with PEFT suffixes resolve by themselves.
+        ("transformer.final_layer.linear.lora_A.weight".into(), Dtype::F32, vec![rank, 64], values(3, rank * 64)),
+        ("transformer.final_layer.linear.lora_B.weight".into(), Dtype::F32, vec![16, rank], values(4, 16 * rank)),
+    ];
+    let lora_path = write_lora(dir.path(), "peft.safetensors", &tensors);
+    let cache = cache();
+    let mut p = patcher(&cache, &model_path, LoadOptions::default());
+    let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
+    let mut map = LoraKeyMap::new();
+    map.insert("transformer.transformer_blocks.0.attn.to_k", "double_blocks.0.img_attn.qkv.weight", Some(32..64));
+    let found = lora_patches(p.source(), &lora, -0.5, &map).unwrap();
+    assert_eq!((found.patches.len(), found.unmatched.len()), (2, 0));
+    p.add_patches(found.patches).unwrap();
+    p.load(None).unwrap();
+
+    let qkv = reference.tensor("double_blocks.0.img_attn.qkv.weight").unwrap();
+    let want = expected(&reference.dequantize(qkv).unwrap(), 64, 32..64, &tensors[1].3, &tensors[0].3, rank, -0.5);
+    let got = read_f32(&p.resident(&qkv.name).unwrap());
+    assert_close("qkv", &got, &want, 1e-5);
+    let untouched = reference.dequantize(qkv).unwrap();
+    assert_eq!(got[..32 * 64], untouched[..32 * 64], "rows outside the slice are the file's values");
+    assert_eq!(got[64 * 64..], untouched[64 * 64..]);
+
+    let last = reference.tensor("final_layer.linear.weight").unwrap(); // Q4_0
+    let want = expected(&reference.dequantize(last).unwrap(), 64, 0..16, &tensors[3].3, &tensors[2].3, rank, -0.5);
+    assert_close("final_layer", &read_f32(&p.resident(&last.name).unwrap()), &want, 1e-5);
+}
+
+#[test]
+fn a_patch_on_a_quantized_weight_is_baked_into_the_compute_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = small_model(dir.path(), "m.gguf");
+    let reference = ModelFile::open(&model_path).unwrap();
+    let tensors: Vec<LoraTensor> = vec![
+        ("lora_unet_single_blocks_0_linear1.lora_up.weight".into(), Dtype::F32, vec![16, 2], values(5, 32)),
+        ("lora_unet_single_blocks_0_linear1.lora_down.weight".into(), Dtype::F32, vec![2, 256], values(6, 512)),
+    ];
+    let lora_path = write_lora(dir.path(), "k.safetensors", &tensors);
+    let cache = cache();
+    let mut p = patcher(&cache, &model_path, LoadOptions { compute_dtype: DType::BF16, ..LoadOptions::default() });
+    let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
+    p.add_patches(lora_patches(p.source(), &lora, 1.0, &LoraKeyMap::new()).unwrap().patches).unwrap();
+    p.load(None).unwrap();
+    let info = reference.tensor("single_blocks.0.linear1.weight").unwrap(); // Q4_K
+    let weight = p.resident(&info.name).unwrap();
+    assert_eq!(weight.dtype(), DType::BF16);
+    assert_eq!(weight.device_bytes(), info.n_elements() * 2);
+    let got: Vec<f32> = weight.read_back().unwrap().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+    let want = expected(&reference.dequantize(info).unwrap(), 256, 0..16, &tensors[0].3, &tensors[1].3, 2, 1.0);
+    assert_close("Q4_K + LoRA in bf16", &got, &want, 1.0 / 128.0);
+    // Unpatched weights stay quantized blocks on the device.
+    assert_eq!(p.resident("final_layer.linear.weight").unwrap().dtype(), DType::U8);
+}
+
+#[test]
+fn a_lora_that_does_not_fit_its_weight_is_an_error_naming_the_file_and_the_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = small_model(dir.path(), "m.gguf");
+    let tensors: Vec<LoraTensor> = vec![
+        ("lora_unet_double_blocks_0_img_attn_proj.lora_up.weight".into(), Dtype::F32, vec![63, 2], values(1, 126)),
+        ("lora_unet_double_blocks_0_img_attn_proj.lora_down.weight".into(), Dtype::F32, vec![2, 64], values(2, 128)),
+    ];
+    let lora_path = write_lora(dir.path(), "bad.safetensors", &tensors);
+    let cache = cache();
+    let mut p = patcher(&cache, &model_path, LoadOptions::default());
+    let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
+    p.add_patches(lora_patches(p.source(), &lora, 1.0, &LoraKeyMap::new()).unwrap().patches).unwrap();
+    let err = p.load(None).unwrap_err().to_string();
+    assert!(err.contains("bad.safetensors") && err.contains("double_blocks.0.img_attn.proj.weight"), "{err}");
+
+    let stray = WeightPatch { target: "no.such.weight".into(), ..p.patches()[0].as_ref().clone() };
+    let err = p.add_patches([stray]).unwrap_err().to_string();
+    assert!(err.contains("m.gguf") && err.contains("no.such.weight"), "{err}");
+}
