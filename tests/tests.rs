@@ -2,3 +2,6 @@
 mod formats;
 mod graph;
 mod models;
+mod text;
+mod memory;
+mod sampling;

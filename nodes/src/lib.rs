@@ -12,6 +12,8 @@ pub mod latent;
 pub mod offload;
 pub mod models;
 pub mod primitive;
+pub mod sampling;
+pub mod text;
 
 /// The largest width or height a node accepts, as ComfyUI's `MAX_RESOLUTION`.
 pub const MAX_RESOLUTION: i64 = 16384;

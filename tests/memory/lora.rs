@@ -65,6 +65,19 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) {
     }
 }
 
+/// One LoRA module of the kohya test: its base name, target, factor dtype and shapes.
+struct Module {
+    base: &'static str,
+    target: &'static str,
+    dtype: Dtype,
+    out: usize,
+    cols: usize,
+    rank: usize,
+    alpha: Option<f32>,
+    up: Vec<usize>,
+    down: Vec<usize>,
+}
+
 #[test]
 fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,17 +87,17 @@ fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
     // Q8_0 [96, 64] rank 4 (F32 factors, alpha 2); F16 [64, 64] rank 8 (F16 factors, no alpha);
     // F16 conv [8, 4, 3, 3] rank 2 ([8, 2, 1, 1] · [2, 4, 3, 3], alpha 1); and a text-encoder
     // module that patches nothing here.
-    let modules: [(&str, &str, Dtype, usize, usize, usize, Option<f32>, Vec<usize>, Vec<usize>); 3] = [
-        ("lora_unet_double_blocks_0_img_attn_qkv", "double_blocks.0.img_attn.qkv.weight", Dtype::F32, 96, 64, 4, Some(2.0), vec![96, 4], vec![4, 64]),
-        ("lora_unet_double_blocks_0_img_attn_proj", "double_blocks.0.img_attn.proj.weight", Dtype::F16, 64, 64, 8, None, vec![64, 8], vec![8, 64]),
-        ("lora_unet_img_in_conv", "img_in.conv.weight", Dtype::F32, 8, 36, 2, Some(1.0), vec![8, 2, 1, 1], vec![2, 4, 3, 3]),
+    let modules = [
+        Module { base: "lora_unet_double_blocks_0_img_attn_qkv", target: "double_blocks.0.img_attn.qkv.weight", dtype: Dtype::F32, out: 96, cols: 64, rank: 4, alpha: Some(2.0), up: vec![96, 4], down: vec![4, 64] },
+        Module { base: "lora_unet_double_blocks_0_img_attn_proj", target: "double_blocks.0.img_attn.proj.weight", dtype: Dtype::F16, out: 64, cols: 64, rank: 8, alpha: None, up: vec![64, 8], down: vec![8, 64] },
+        Module { base: "lora_unet_img_in_conv", target: "img_in.conv.weight", dtype: Dtype::F32, out: 8, cols: 36, rank: 2, alpha: Some(1.0), up: vec![8, 2, 1, 1], down: vec![2, 4, 3, 3] },
     ];
     let mut tensors: Vec<LoraTensor> = Vec::new();
-    for (i, (base, _, dtype, out, cols, rank, alpha, up_shape, down_shape)) in modules.iter().enumerate() {
-        tensors.push((format!("{base}.lora_up.weight"), *dtype, up_shape.clone(), values(100 + i as u64, out * rank)));
-        tensors.push((format!("{base}.lora_down.weight"), *dtype, down_shape.clone(), values(200 + i as u64, rank * cols)));
-        if let Some(a) = alpha {
-            tensors.push((format!("{base}.alpha"), Dtype::F32, vec![], vec![*a]));
+    for (i, m) in modules.iter().enumerate() {
+        tensors.push((format!("{}.lora_up.weight", m.base), m.dtype, m.up.clone(), values(100 + i as u64, m.out * m.rank)));
+        tensors.push((format!("{}.lora_down.weight", m.base), m.dtype, m.down.clone(), values(200 + i as u64, m.rank * m.cols)));
+        if let Some(a) = m.alpha {
+            tensors.push((format!("{}.alpha", m.base), Dtype::F32, vec![], vec![a]));
         }
     }
     tensors.push(("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(), Dtype::F32, vec![4, 2], values(9, 8)));
@@ -106,13 +119,13 @@ fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
     assert_eq!(patched.patches().len(), 3);
 
     patched.load(None).unwrap();
-    for (i, (_, target, dtype, out, cols, rank, alpha, ..)) in modules.iter().enumerate() {
-        let info = reference.tensor(target).unwrap();
-        let up = as_stored(*dtype, &tensors.iter().find(|t| t.0.ends_with("lora_up.weight") && t.0.contains(modules[i].0)).unwrap().3);
-        let down = as_stored(*dtype, &tensors.iter().find(|t| t.0.ends_with("lora_down.weight") && t.0.contains(modules[i].0)).unwrap().3);
-        let scale = f64::from(strength) * alpha.map_or(1.0, |a| f64::from(a) / *rank as f64);
-        let want = expected(&reference.dequantize(info).unwrap(), *cols, 0..*out, &up, &down, *rank, scale);
-        assert_close(target, &read_f32(&patched.resident(target).unwrap()), &want, 1e-5);
+    for m in &modules {
+        let info = reference.tensor(m.target).unwrap();
+        let factor = |suffix: &str| as_stored(m.dtype, &tensors.iter().find(|t| t.0 == format!("{}.{suffix}", m.base)).unwrap().3);
+        let (up, down) = (factor("lora_up.weight"), factor("lora_down.weight"));
+        let scale = f64::from(strength) * m.alpha.map_or(1.0, |a| f64::from(a) / m.rank as f64);
+        let want = expected(&reference.dequantize(info).unwrap(), m.cols, 0..m.out, &up, &down, m.rank, scale);
+        assert_close(m.target, &read_f32(&patched.resident(m.target).unwrap()), &want, 1e-5);
     }
     // Weights no patch targets stay as stored.
     let bias = reference.tensor("double_blocks.0.img_attn.qkv.bias").unwrap();
@@ -191,13 +204,13 @@ fn a_patch_on_a_quantized_weight_is_baked_into_the_compute_dtype() {
     let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
     p.add_patches(lora_patches(p.source(), &lora, 1.0, &LoraKeyMap::new()).unwrap().patches).unwrap();
     p.load(None).unwrap();
-    let info = reference.tensor("single_blocks.0.linear1.weight").unwrap(); // Q4_K
+    let info = reference.tensor("single_blocks.0.linear1.weight").unwrap(); // Q5_1
     let weight = p.resident(&info.name).unwrap();
     assert_eq!(weight.dtype(), DType::BF16);
     assert_eq!(weight.device_bytes(), info.n_elements() * 2);
     let got: Vec<f32> = weight.read_back().unwrap().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
     let want = expected(&reference.dequantize(info).unwrap(), 256, 0..16, &tensors[0].3, &tensors[1].3, 2, 1.0);
-    assert_close("Q4_K + LoRA in bf16", &got, &want, 1.0 / 128.0);
+    assert_close("Q5_1 + LoRA in bf16", &got, &want, 1.0 / 128.0);
     // Unpatched weights stay quantized blocks on the device.
     assert_eq!(p.resident("final_layer.linear.weight").unwrap().dtype(), DType::U8);
 }

@@ -41,7 +41,7 @@ pub const MODEL_TENSORS: [(&str, GgmlType, &[u64]); 8] = [
     ("double_blocks.0.img_attn.qkv.bias", GgmlType::F32, &[96]),
     ("double_blocks.0.img_attn.proj.weight", GgmlType::F16, &[64, 64]),
     ("double_blocks.0.img_mod.lin.weight", GgmlType::BF16, &[32, 64]),
-    ("single_blocks.0.linear1.weight", GgmlType::Q4_K, &[16, 256]),
+    ("single_blocks.0.linear1.weight", GgmlType::Q5_1, &[16, 256]),
     ("single_blocks.0.norm.query_norm.scale", GgmlType::F32, &[64]),
     ("final_layer.linear.weight", GgmlType::Q4_0, &[16, 64]),
     ("img_in.conv.weight", GgmlType::F16, &[8, 4, 3, 3]),

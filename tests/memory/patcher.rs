@@ -127,6 +127,25 @@ fn partial_offload_drops_the_last_weights_first() {
 }
 
 #[test]
+fn float_weights_serve_models_without_dequant_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = small_model(dir.path(), "m.gguf");
+    let reference = ModelFile::open(&path).unwrap();
+    let cache = cache();
+    let p = patcher(&cache, &path, LoadOptions::default());
+    p.load(None).unwrap();
+    // Quantized (resident as blocks): the file's values, dequantized, in the compute dtype.
+    let q8 = reference.tensor("double_blocks.0.img_attn.qkv.weight").unwrap();
+    let values = p.float_weight(&q8.name).unwrap().to_data().to_vec::<f32>().unwrap();
+    assert_eq!(values, reference.dequantize(q8).unwrap());
+    // A resident float weight is the resident tensor itself.
+    let bias = reference.tensor("double_blocks.0.img_attn.qkv.bias").unwrap();
+    assert_eq!(p.float_weight(&bias.name).unwrap().to_data().to_vec::<f32>().unwrap(), reference.dequantize(bias).unwrap());
+    assert_eq!(p.streamed(), 1, "only the quantized one was dequantized on the side");
+    assert!(p.float_weight("missing").is_err());
+}
+
+#[test]
 fn clones_share_the_base_weights_and_the_device_copy() {
     let dir = tempfile::tempdir().unwrap();
     let path = small_model(dir.path(), "m.gguf");
@@ -186,6 +205,25 @@ fn a_device_copy_never_writes_to_the_base() {
     assert!(p.source().mapping().bytes() == before.as_slice(), "the mapping changed");
     p.load(None).unwrap();
     assert!(p.verify().unwrap().is_empty(), "a reload differs from the file");
+}
+
+#[test]
+fn an_empty_tensor_loads_and_offloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.gguf");
+    let mut writer = weft_engine::formats::gguf::GgufWriter::new();
+    writer.add_tensor("empty.weight", GgmlType::F32, &[0, 32], &[]).unwrap();
+    writer.add_tensor("empty.q8", GgmlType::Q8_0, &[0, 32], &[]).unwrap();
+    writer.add_tensor("one.weight", GgmlType::F16, &[1, 32], &[0.5; 32]).unwrap();
+    writer.write_file(&path).unwrap();
+    let cache = cache();
+    for options in [LoadOptions::default(), LoadOptions { format: WeightFormat::Dequantized, compute_dtype: DType::BF16 }] {
+        let p = patcher(&cache, &path, options);
+        p.load(None).unwrap();
+        assert_eq!(p.resident("empty.weight").unwrap().shape(), [0, 32]);
+        assert!(p.verify().unwrap().is_empty());
+        assert_eq!(p.offload().tensors, 3);
+    }
 }
 
 #[test]

@@ -126,3 +126,12 @@ fn flux_bad_inputs_are_errors() {
     assert!(model.forward_latent(x.clone(), &[0.5], &cond).is_err(), "one timestep for a batch of two");
     assert!(model.forward_latent(x.slice([0..2, 0..4, 0..8, 0..12]), &[0.5, 0.5], &cond).is_err(), "4 channels");
 }
+
+#[test]
+fn a_vae_file_is_not_a_dit() {
+    let err = match Flux::<B>::load(&open("vae/flux_vae.safetensors"), &Default::default()) {
+        Ok(_) => panic!("a VAE loaded as Flux"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("flux_vae.safetensors") && err.contains("AutoencoderKL") && err.contains("supported: flux"), "{err}");
+}

@@ -24,9 +24,16 @@ pub struct OffloadArgs {
     /// After each load, read every device copy back and compare it with the file.
     #[arg(long)]
     verify: bool,
-    /// Dequantize every weight to this dtype (f32, f16, bf16) instead of uploading the stored bytes.
+    /// Dequantize every weight to this dtype (f32, f16, bf16) instead of uploading the stored
+    /// bytes; also the dtype of patched weights (default f32).
     #[arg(long, value_name = "DTYPE")]
     dequantize: Option<String>,
+    /// Patch the model with this LoRA (baked into the device copy at every load).
+    #[arg(long, value_name = "FILE")]
+    lora: Option<PathBuf>,
+    /// The LoRA's strength.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    strength: f32,
     /// One JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -43,11 +50,24 @@ pub struct SynthArgs {
     /// Seed of the random values.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write a kohya-style LoRA for the model here (F16 factors for every matrix).
+    #[arg(long, value_name = "FILE")]
+    lora: Option<PathBuf>,
+    /// The LoRA's rank.
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
 }
 
 pub fn run_synth(args: SynthArgs) -> anyhow::Result<()> {
     let made = synthetic::write_mixed_gguf(&args.out, args.size_mb.saturating_mul(1_000_000), args.seed)?;
     println!("wrote {}: {} bytes, {} tensors in {} blocks", args.out.display(), made.file_bytes, made.tensors, made.blocks);
+    if let Some(lora) = &args.lora {
+        if args.lora_rank == 0 {
+            bail!("--lora-rank 0: expected at least 1");
+        }
+        let modules = synthetic::write_lora(lora, made.blocks, args.lora_rank, args.seed.wrapping_add(1))?;
+        println!("wrote {}: {modules} rank-{} modules", lora.display(), args.lora_rank);
+    }
     Ok(())
 }
 
@@ -86,7 +106,8 @@ pub fn run_offload(args: OffloadArgs) -> anyhow::Result<()> {
 }
 
 fn cycles<B: Backend>(args: &OffloadArgs, device: Arc<dyn WeightDevice<B>>, options: LoadOptions) -> anyhow::Result<OffloadBench> {
-    Ok(offload_cycles(&args.file, args.cycles, args.verify, device, options, MmapCache::global())?)
+    let lora = args.lora.as_deref().map(|path| (path, args.strength));
+    Ok(offload_cycles(&args.file, args.cycles, args.verify, lora, device, options, MmapCache::global())?)
 }
 
 #[cfg(feature = "cuda")]

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::proc;
-use crate::patcher::{LoadOptions, ModelPatcher, PatchError, WeightDevice};
+use crate::patcher::{LoadOptions, LoraKeyMap, ModelPatcher, PatchError, WeightDevice, lora_patches};
 use crate::weights::{MmapCache, WeightSource};
 use burn::tensor::backend::Backend;
 use std::path::Path;
@@ -45,12 +45,14 @@ pub struct OffloadBench {
 }
 
 /// Runs `cycles` load/offload cycles of `path` on `device`. Each cycle opens the file through
-/// `cache` (a hit after the first), loads every weight, optionally verifies them byte for byte
-/// against the file, offloads, drops the patcher, and then measures.
+/// `cache` (a hit after the first), adds the patches of `lora` (a LoRA file and its strength) when
+/// given, loads every weight, optionally verifies them byte for byte against the file's values
+/// (with those patches), offloads, drops the patcher, and then measures.
 pub fn offload_cycles<B: Backend>(
     path: &Path,
     cycles: usize,
     verify: bool,
+    lora: Option<(&Path, f32)>,
     device: Arc<dyn WeightDevice<B>>,
     options: LoadOptions,
     cache: &MmapCache,
@@ -60,7 +62,12 @@ pub fn offload_cycles<B: Backend>(
         let source = Arc::new(WeightSource::open_in(cache, path)?);
         let identity = source.mapping().identity();
         bench.file_bytes = source.mapping().len() as u64;
-        let patcher = ModelPatcher::new(source, device.clone(), options)?;
+        let mut patcher = ModelPatcher::new(source, device.clone(), options)?;
+        if let Some((lora_path, strength)) = lora {
+            let lora = Arc::new(WeightSource::open_in(cache, lora_path)?);
+            let found = lora_patches(patcher.source(), &lora, strength, &LoraKeyMap::new())?;
+            patcher.add_patches(found.patches)?;
+        }
 
         let started = Instant::now();
         patcher.load(None)?;

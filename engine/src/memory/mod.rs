@@ -133,14 +133,18 @@ impl<B: Backend> MemoryManager<B> {
     }
 
     /// Free device bytes: the configured capacity less what the managed models hold, or what the
-    /// device reports. `None`: unknown (every load is full).
+    /// device reports plus what its allocator holds unused (a pool keeps freed buffers for reuse;
+    /// they are free for our purposes). `None`: unknown (every load is full).
     fn free_bytes(&self, state: &ManagerState<B>) -> Option<u64> {
         match self.policy.capacity {
             Some(capacity) => {
                 let held: u64 = state.models.iter().filter_map(|t| t.model.upgrade()).map(|m| m.device_bytes()).sum();
                 Some(capacity.saturating_sub(held))
             }
-            None => self.device.capacity().map(|c| c.free),
+            None => {
+                let pooled = self.device.usage().map_or(0, |u| u.bytes_reserved.saturating_sub(u.bytes_in_use));
+                self.device.capacity().map(|c| c.free + pooled)
+            }
         }
     }
 

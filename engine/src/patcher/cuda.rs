@@ -17,7 +17,7 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl::Runtime;
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
-use cudarc::driver::{CudaContext, sys};
+use cudarc::driver::{CudaContext, CudaStream, sys};
 use std::sync::{Arc, Mutex};
 
 /// burn-cuda without fusion: its tensors are plain `CubeTensor`s whose device pointers the upload
@@ -79,6 +79,8 @@ fn page_size() -> usize {
 pub struct CudaWeightDevice {
     device: CudaDevice,
     context: Arc<CudaContext>,
+    /// The copies of a load are queued here and waited for once, in `end_load`.
+    stream: Arc<CudaStream>,
     cache: &'static MmapCache,
     /// Registrations of the load in progress that are not the cache's (kept until `end_load`).
     temporary: Mutex<Vec<HostRegistration>>,
@@ -88,8 +90,10 @@ impl CudaWeightDevice {
     /// Device `index`, sharing burn-cuda's (primary) context; mappings of `cache` stay
     /// registered while cached.
     pub fn new(index: usize, cache: &'static MmapCache) -> Result<Self, DeviceError> {
-        let context = CudaContext::new(index).map_err(|e| DeviceError::Backend(format!("cuda:{index}: {e:?}")))?;
-        Ok(CudaWeightDevice { device: CudaDevice { index }, context, cache, temporary: Mutex::new(Vec::new()) })
+        let fail = |e| DeviceError::Backend(format!("cuda:{index}: {e:?}"));
+        let context = CudaContext::new(index).map_err(fail)?;
+        let stream = context.new_stream().map_err(fail)?;
+        Ok(CudaWeightDevice { device: CudaDevice { index }, context, stream, cache, temporary: Mutex::new(Vec::new()) })
     }
 
     /// The device pointer of a contiguous burn-cuda tensor (offset applied).
@@ -101,16 +105,21 @@ impl CudaWeightDevice {
         Ok(resource.resource().ptr)
     }
 
-    /// Copies `src` to device address `dst`.
+    /// Queues a copy of `src` to device address `dst` on the load's stream.
+    ///
+    /// From the registered mapping the copy is a DMA that runs while the next buffer is
+    /// allocated; from pageable memory (a buffer the patcher computed) the driver stages `src`
+    /// before returning, so the caller may free it at once. `end_load` waits for every copy.
     fn copy(&self, dst: u64, src: &[u8], what: &str) -> Result<(), DeviceError> {
         if src.is_empty() {
             return Ok(());
         }
         self.context.bind_to_thread().map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))?;
         // SAFETY: `dst` is a live device buffer of at least `src.len()` bytes (allocated by
-        // burn-cuda for exactly these elements, and kept alive by the tensor the caller holds);
-        // the copy reads `src` and writes only device memory.
-        driver(what, unsafe { sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len()) })
+        // burn-cuda for exactly these elements, and kept alive by the tensor the caller holds
+        // until `end_load` has waited for the stream); the copy reads `src` and writes only
+        // device memory. A mapped `src` outlives the load (the patcher holds its source).
+        driver(what, unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), self.stream.cu_stream()) })
     }
 }
 
@@ -155,9 +164,9 @@ impl WeightDevice<CudaBackend> for CudaWeightDevice {
     }
 
     fn end_load(&self) -> Result<(), DeviceError> {
-        self.context.bind_to_thread().map_err(|e| DeviceError::Backend(format!("{e:?}")))?;
-        // SAFETY: no arguments; waits for every copy issued on this context.
-        let result = driver("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() });
+        // Every copy has landed before burn-cuda's stream can read the buffers, and before a
+        // temporary registration goes.
+        let result = self.stream.synchronize().map_err(|e| DeviceError::Backend(format!("waiting for the copies: {e:?}")));
         self.temporary.lock().unwrap_or_else(|p| p.into_inner()).clear();
         result
     }

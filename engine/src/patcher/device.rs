@@ -201,7 +201,7 @@ pub trait WeightDevice<B: Backend>: Send + Sync + 'static {
 /// Checks that `bytes` holds whole elements of `dtype`; returns the element count.
 pub(crate) fn element_count(bytes: usize, dtype: DType, what: &str) -> Result<usize, DeviceError> {
     let size = dtype.size();
-    if size == 0 || bytes % size != 0 {
+    if size == 0 || !bytes.is_multiple_of(size) {
         return Err(DeviceError::Size { what: what.to_owned(), bytes, elements: bytes / size.max(1), dtype });
     }
     Ok(bytes / size)

@@ -6,6 +6,7 @@ use super::device::HostData;
 use super::{LoadOptions, PatchError, WeightFormat, WeightPatch};
 use crate::weights::WeightSource;
 use burn::tensor::DType;
+use rayon::prelude::*;
 use weft_formats::gguf::GgmlType;
 use weft_formats::{StorageType, TensorInfo};
 
@@ -64,8 +65,8 @@ pub(crate) fn materialize<'a>(source: &'a WeightSource, info: &TensorInfo, patch
         patch.apply(&mut values, &info.shape)?;
     }
     Ok(match options.compute_dtype {
-        DType::F16 => HostWeight::Float(HostData::Half(values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()), DType::F16),
-        DType::BF16 => HostWeight::Float(HostData::Half(values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()), DType::BF16),
+        DType::F16 => HostWeight::Float(HostData::Half(values.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()), DType::F16),
+        DType::BF16 => HostWeight::Float(HostData::Half(values.par_iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()), DType::BF16),
         _ => HostWeight::Float(HostData::F32(values), DType::F32),
     })
 }

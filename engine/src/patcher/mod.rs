@@ -418,10 +418,10 @@ impl<B: Backend> ModelPatcher<B> {
 
         let mut report = LoadReport::default();
         let mut state = self.core.lock();
-        for index in 0..n {
+        for (index, &want) in wanted.iter().enumerate() {
             let key = keys.get(&index).map_or(0, |k| k.0);
             if let Some(resident) = &state.slots[index] {
-                if wanted[index] && resident.patch_key == key {
+                if want && resident.patch_key == key {
                     report.kept += 1;
                 } else {
                     state.take(index);
@@ -516,7 +516,7 @@ impl<B: Backend> ModelPatcher<B> {
     /// (streamed; dropped when the caller drops it).
     pub fn weight(&self, name: &str) -> Result<DeviceWeight<B>, PatchError> {
         let core = &self.core;
-        let index = *core.index.get(name).ok_or_else(|| WeightsError::MissingTensor { path: core.path().to_owned(), name: name.to_owned() })?;
+        let index = self.index_of(name)?;
         let keys = self.patch_keys();
         let (key, patches) = keys.get(&index).map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
         let mut state = core.lock();
@@ -533,6 +533,36 @@ impl<B: Backend> ModelPatcher<B> {
         landed?;
         state.streamed += 1;
         Ok(weight)
+    }
+
+    /// The weight called `name` as floats with this patcher's patches, for compute paths that
+    /// cannot read quantized blocks (the CPU models): the resident copy when it is a float one,
+    /// else the file's values dequantized on the host, uploaded in the compute dtype, not kept.
+    pub fn float_weight(&self, name: &str) -> Result<burn::tensor::Tensor<B, 1>, PatchError> {
+        let index = self.index_of(name)?;
+        if let Some(DeviceWeight::Float { tensor, .. }) = self.resident(name) {
+            return Ok(tensor);
+        }
+        let core = &self.core;
+        let keys = self.patch_keys();
+        let patches = keys.get(&index).map_or(&[][..], |(_, list)| list.as_slice());
+        let info = &core.source.tensors()[index];
+        let dense = LoadOptions { format: WeightFormat::Dequantized, ..core.options };
+        core.device.begin_load(&core.source).map_err(|error| PatchError::Device { path: core.path().to_owned(), error })?;
+        let weight = materialize(&core.source, info, patches, dense).and_then(|host| core.upload(host, &info.name, &info.shape));
+        let landed = core.device.end_load().map_err(|error| PatchError::Device { path: core.path().to_owned(), error });
+        let weight = weight?;
+        landed?;
+        core.lock().streamed += 1;
+        match weight {
+            DeviceWeight::Float { tensor, .. } => Ok(tensor),
+            DeviceWeight::Blocks { .. } => unreachable!("dequantized weights are floats"),
+        }
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize, PatchError> {
+        let core = &self.core;
+        Ok(*core.index.get(name).ok_or_else(|| WeightsError::MissingTensor { path: core.path().to_owned(), name: name.to_owned() })?)
     }
 
     /// Compares every resident device copy with what this patcher would upload (the file's

@@ -120,9 +120,10 @@ impl MmapCache {
         let tick = inner.tick;
         if let Some(entry) = inner.entries.iter_mut().find(|e| e.identity == identity) {
             entry.last_used = tick;
+            let users = entry.map.handle_count() - 1; // besides the cache
             let map = entry.map.clone();
             inner.hits += 1;
-            tracing::info!("mmap cache hit: {} ({}, {} handles)", path.display(), human_bytes(map.len() as u64), map.handle_count() - 1);
+            tracing::info!("mmap cache hit: {} ({}, {users} other users)", path.display(), human_bytes(map.len() as u64));
             return Ok(map);
         }
         // Mapping under the lock keeps two threads from mapping the same file twice; mapping is a

@@ -59,6 +59,44 @@ pub fn write_mixed_gguf(path: impl AsRef<std::path::Path>, target_bytes: u64, se
     Ok(SyntheticModel { file_bytes, tensors, blocks })
 }
 
+/// Writes a kohya-style LoRA for a model [`write_mixed_gguf`] made with `blocks` blocks: rank
+/// `rank` F16 factors (`lora_unet_blocks_N_…` names, `alpha = rank`) for every matrix. Returns the
+/// number of modules.
+pub fn write_lora(path: impl AsRef<std::path::Path>, blocks: usize, rank: usize, seed: u64) -> Result<usize, FormatError> {
+    let path = path.as_ref();
+    let mut rng = SplitMix64(seed);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut half_values = |n: usize| -> Vec<u8> {
+        let mut bytes = vec![0u8; 2 * n];
+        rng.fill(&mut bytes);
+        bytes.chunks_exact_mut(2).for_each(|c| {
+            let r = u16::from_le_bytes([c[0], c[1]]);
+            // Magnitudes in [2^-12, 2^-8): a LoRA update is small against the weight.
+            let bits = (r & 0x83FF) | ((3 + (r >> 10) % 4) << 10);
+            c.copy_from_slice(&bits.to_le_bytes());
+        });
+        bytes
+    };
+    for block in 0..blocks {
+        for (suffix, _, shape) in block_layout() {
+            let (&[out, cols], Some(base)) = (shape.as_slice(), suffix.strip_suffix(".weight")) else { continue };
+            let (out, cols) = (out as usize, cols as usize);
+            let name = format!("lora_unet_blocks_{block}_{}", base.replace('.', "_"));
+            tensors.push((format!("{name}.lora_up.weight"), vec![out, rank], half_values(out * rank)));
+            tensors.push((format!("{name}.lora_down.weight"), vec![rank, cols], half_values(rank * cols)));
+            tensors.push((format!("{name}.alpha"), vec![], half::f16::from_f32(rank as f32).to_le_bytes().to_vec()));
+        }
+    }
+    let views = tensors.iter().map(|(name, shape, data)| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), data).map(|view| (name.clone(), view))
+    });
+    let views: Vec<_> = views.collect::<Result<_, _>>().map_err(|e| FormatError::Safetensors { path: path.to_owned(), message: e.to_string() })?;
+    let modules = views.len() / 3;
+    let bytes = safetensors::serialize(views, None).map_err(|e| FormatError::Safetensors { path: path.to_owned(), message: e.to_string() })?;
+    std::fs::write(path, bytes).map_err(|error| FormatError::Io { path: path.to_owned(), error })?;
+    Ok(modules)
+}
+
 /// Random bytes of `n` elements of `ty`, every value finite: exponents are kept small and every
 /// block's scales are set to small finite f16 values.
 fn random_tensor(ty: GgmlType, n: u64, rng: &mut SplitMix64) -> Vec<u8> {
@@ -141,6 +179,11 @@ mod tests {
             assert!(values.iter().all(|v| v.is_finite()), "{} has a non-finite value", t.name);
             assert!(values.iter().any(|&v| v != 0.0), "{} is all zeros", t.name);
         }
+        // A LoRA for it patches every matrix.
+        let lora = dir.path().join("s.safetensors");
+        assert_eq!(write_lora(&lora, 1, 4, 3).unwrap(), 6);
+        let lora = ModelFile::open(&lora).unwrap();
+        assert!(lora.tensors().iter().all(|t| lora.dequantize(t).unwrap().iter().all(|v| v.is_finite())));
         // Same arguments, same bytes.
         let again = dir.path().join("t.gguf");
         write_mixed_gguf(&again, 1, 7).unwrap();

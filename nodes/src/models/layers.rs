@@ -30,6 +30,17 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[0]
     }
 
+    /// Splits the output rows at `at`: two layers computing outputs `..at` and `at..`. Row ranges
+    /// of an [out, in] matrix are contiguous, so neither copies.
+    pub fn split_rows(self, at: usize) -> [Linear<B>; 2] {
+        let d_out = self.d_out();
+        let bias = |start, len| self.bias.clone().map(|b| b.narrow(0, start, len));
+        [
+            Linear::new(self.weight.clone().narrow(0, 0, at), bias(0, at)),
+            Linear::new(self.weight.clone().narrow(0, at, d_out - at), bias(at, d_out - at)),
+        ]
+    }
+
     /// Applies the layer to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let mut dims = x.dims();
@@ -104,6 +115,15 @@ impl<B: Backend> GroupNorm<B> {
         .reshape([b, c, h, w]);
         normed * self.gamma.clone().reshape([1, c, 1, 1]) + self.beta.clone().reshape([1, c, 1, 1])
     }
+}
+
+/// GELU, tanh approximation (PyTorch's `approximate="tanh"`, as Flux's MLPs use):
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with x³ as products (burn's `powf` is slow).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+    x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// Layer norm over the last dimension without affine parameters (Flux's `elementwise_affine=False`).

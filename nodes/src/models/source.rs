@@ -123,7 +123,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         shape: [usize; D],
     ) -> Result<Tensor<B, D>, ModelError> {
         let found = self.shape(name)?;
-        if !accepted.iter().any(|a| *a == found.as_slice()) {
+        if !accepted.contains(&found.as_slice()) {
             return Err(ModelError::Shape {
                 origin: self.origin(),
                 name: self.full(name),
@@ -131,7 +131,12 @@ impl<'a, B: Backend> Weights<'a, B> {
                 expected: shape.to_vec(),
             });
         }
-        Ok(self.source.load(&self.full(name), &self.device)?.reshape(shape))
+        let values = self.source.load(&self.full(name), &self.device)?;
+        if values.dims()[0] != shape.iter().product::<usize>() {
+            // A source whose values disagree with its own shape: an error, not a reshape panic.
+            return Err(ModelError::Shape { origin: self.origin(), name: self.full(name), found: values.dims().to_vec(), expected: shape.to_vec() });
+        }
+        Ok(values.reshape(shape))
     }
 
     /// A linear layer `name.weight` [d_out, d_in] with `name.bias` [d_out].
@@ -165,7 +170,7 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// A group norm `name.weight`, `name.bias` [channels].
     pub fn group_norm(&self, name: &str, channels: usize, groups: usize, eps: f64) -> Result<GroupNorm<B>, ModelError> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(self.config_error(format!("{name}: {channels} channels cannot form {groups} groups")));
         }
         let gamma = self.tensor(&format!("{name}.weight"), [channels])?;

@@ -124,3 +124,23 @@ pub fn normal_fill_16(data: &mut [f32; 16], mean: f32, std: f32) {
         data[j + 8] = (radius * sin).mul_add(std, mean);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polynomials_are_accurate_to_a_few_ulp() {
+        // The Cephes polynomials are not libm, but they are close: a guard against a wrong constant.
+        for i in 1..=4096 {
+            let x = i as f32 / 4096.0;
+            let exact = f64::from(x).ln();
+            assert!((f64::from(log_ps(x)) - exact).abs() <= 2e-7 * exact.abs().max(1.0), "log {x}");
+            let theta = TWO_PI * x;
+            let (sin, cos) = sincos_ps(theta);
+            assert!((f64::from(sin) - f64::from(theta).sin()).abs() < 2e-7, "sin {theta}");
+            assert!((f64::from(cos) - f64::from(theta).cos()).abs() < 2e-7, "cos {theta}");
+        }
+        assert!(log_ps(0.0).is_nan() && log_ps(-1.0).is_nan());
+    }
+}

@@ -11,7 +11,16 @@
 //! - [`schedulers`]: the sigmas of a run (`simple`, `normal`, `karras`, `exponential`, `sgm_uniform`,
 //!   `beta`, …), with `denoise < 1` handled as ComfyUI's `KSampler.set_steps`.
 //! - [`samplers`]: `euler`, `euler_ancestral`, `heun`, `dpmpp_2m`, `dpmpp_2m_sde`, `lcm`, … over burn
-//!   tensors, calling a [`samplers::Denoiser`] (the model with CFG) once or twice per step.
+//!   tensors, calling a [`samplers::Denoiser`] (the model with CFG) once or twice per step;
+//!   [`brownian`] is the torchsde Brownian tree behind `dpmpp_2m_sde`'s noise.
+//!
+//! A KSampler node does what ComfyUI's `common_ksampler` does:
+//! 1. `noise = prepare_noise(seed, latent_shape, batch_index)` (zeros when noise is disabled);
+//! 2. `sigmas = ksampler_sigmas(&model_sampling, scheduler, sampler, steps, denoise)`;
+//! 3. `SamplerRun { sampler, model_sampling, sigmas, seed }.run(&mut CfgDenoiser::new(..), noise,
+//!    latent, hooks)`, with the latent in the model's space (ComfyUI applies the latent format's
+//!    `process_latent_in` to a latent that is not all zeros) and the result taken back out
+//!    (`process_latent_out`).
 //!
 //! Numerics follow torch's float32 operation order, so where torch's result is defined by IEEE
 //! arithmetic alone (the noise, the sigma tables of flow models, euler/heun/ancestral steps) the
@@ -33,11 +42,12 @@ pub mod torch_math;
 pub mod torch_rng;
 
 pub use model_sampling::{ModelSampling, Parameterization};
-pub use samplers::{Denoiser, NoiseSampler, SamplerHooks, SamplerKind, StepInfo};
+pub use samplers::{CfgDenoiser, Denoiser, Guidance, NoiseSampler, SamplerHooks, SamplerKind, SamplerRun, StepInfo};
 pub use schedulers::{Scheduler, ksampler_sigmas};
-pub use torch_rng::{TorchGenerator, torch_randn};
+pub use torch_rng::{TorchGenerator, prepare_noise, torch_randn};
 
-/// Everything that can go wrong while building a schedule or sampling.
+/// Everything that can go wrong while building a schedule or sampling. (`Display` and `Error` are
+/// written out because weft-nodes does not depend on thiserror.)
 #[derive(Debug)]
 pub enum SamplingError {
     /// A scheduler or sampler name that ComfyUI does not have (or weft does not implement yet).

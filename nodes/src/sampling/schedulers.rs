@@ -10,6 +10,9 @@ use super::model_sampling::ModelSampling;
 use super::samplers::SamplerKind;
 use super::torch_math::{self, isclose, linspace_f32};
 
+/// The most steps a schedule may have (ComfyUI's KSampler allows 10000; `denoise` multiplies them).
+pub const MAX_STEPS: usize = 1_000_000;
+
 /// A ComfyUI scheduler, by its `scheduler` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheduler {
@@ -73,8 +76,8 @@ impl Scheduler {
 
     /// `calculate_sigmas(model_sampling, scheduler, steps)`: the run's sigmas, ending in 0.
     pub fn sigmas(self, ms: &ModelSampling, steps: usize) -> Result<Vec<f32>, SamplingError> {
-        if steps == 0 {
-            return Err(SamplingError::invalid("steps", "must be at least 1"));
+        if steps == 0 || steps > MAX_STEPS {
+            return Err(SamplingError::invalid("steps", format!("{steps} is not in 1..={MAX_STEPS}")));
         }
         let (sigma_min, sigma_max) = (f64::from(ms.sigma_min()), f64::from(ms.sigma_max()));
         Ok(match self {
@@ -126,7 +129,11 @@ pub fn ksampler_sigmas(
     if denoise <= 0.0 {
         return Ok(Vec::new());
     }
-    let new_steps = (steps as f64 / denoise) as usize;
+    let new_steps = steps as f64 / denoise;
+    if new_steps > MAX_STEPS as f64 {
+        return Err(SamplingError::invalid("denoise", format!("{denoise} stretches {steps} steps past {MAX_STEPS}")));
+    }
+    let new_steps = new_steps as usize;
     let sigmas = calculate(new_steps)?;
     let keep = (steps + 1).min(sigmas.len());
     Ok(sigmas[sigmas.len() - keep..].to_vec())

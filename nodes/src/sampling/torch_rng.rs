@@ -16,6 +16,7 @@
 //! The large-tensor path reproduces x86-64 torch (AVX2 kernels, which AVX-512 machines use too).
 //! torch on other CPUs (aarch64, e.g. Apple silicon) uses libm `logf`/`sinf`/`cosf` there and
 //! differs in the last bits; that is torch's own platform difference.
+use super::SamplingError;
 use super::avx_mathfun::normal_fill_16;
 
 const MT_N: usize = 624;
@@ -130,7 +131,7 @@ impl TorchGenerator {
         for chunk in out.chunks_exact_mut(16) {
             fill_chunk(chunk);
         }
-        if size % 16 != 0 {
+        if !size.is_multiple_of(16) {
             let tail = &mut out[size - 16..];
             for value in tail.iter_mut() {
                 *value = self.uniform_f32();
@@ -156,4 +157,62 @@ fn fill_chunk(chunk: &mut [f32]) {
 /// `torch.manual_seed(seed); torch.randn(shape)` — the noise ComfyUI's KSampler starts from.
 pub fn torch_randn(seed: u64, shape: &[usize]) -> Vec<f32> {
     TorchGenerator::manual_seed(seed).randn(shape)
+}
+
+/// The most single-latent draws [`prepare_noise`] makes for a `batch_index`.
+pub const MAX_BATCH_INDEX: usize = 65_536;
+
+/// ComfyUI's `prepare_noise(latent, seed, noise_inds)`: without a batch index, [`torch_randn`] of
+/// the whole `[batch, ...]` shape; with one (a latent's `batch_index`), one generator draws a
+/// single latent's noise `max(index) + 1` times and latent `k` gets draw `batch_index[k]`, so a
+/// latent keeps its noise when the batch around it changes.
+pub fn prepare_noise(seed: u64, shape: &[usize], batch_index: Option<&[usize]>) -> Result<Vec<f32>, SamplingError> {
+    let Some(indices) = batch_index else {
+        return Ok(torch_randn(seed, shape));
+    };
+    let (Some(&batch), Some(sample_shape)) = (shape.first(), shape.get(1..)) else {
+        return Err(SamplingError::invalid("shape", "has no batch dimension"));
+    };
+    if indices.len() != batch {
+        return Err(SamplingError::invalid("batch_index", format!("has {} entries for a batch of {batch}", indices.len())));
+    }
+    let max = indices.iter().copied().max().unwrap_or(0);
+    if max >= MAX_BATCH_INDEX {
+        return Err(SamplingError::invalid("batch_index", format!("{max} is above {}", MAX_BATCH_INDEX - 1)));
+    }
+    let draws = if indices.is_empty() { 0 } else { max + 1 };
+    let mut generator = TorchGenerator::manual_seed(seed);
+    let per_sample: usize = sample_shape.iter().product();
+    let mut drawn = vec![Vec::new(); draws];
+    for (i, slot) in drawn.iter_mut().enumerate() {
+        let noise = generator.randn(sample_shape);
+        if indices.contains(&i) {
+            *slot = noise;
+        }
+    }
+    let mut out = Vec::with_capacity(per_sample * batch);
+    for &index in indices {
+        out.extend_from_slice(&drawn[index]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mt19937_is_the_standard_engine() {
+        // C++ [rand.predef]: the 10000th output of a default-constructed mt19937 is 4123659995.
+        let mut engine = Mt19937::new(5489);
+        let last = (0..10_000).map(|_| engine.next_u32()).last();
+        assert_eq!(last, Some(4_123_659_995));
+    }
+
+    #[test]
+    fn randn_starts_like_torch_seed_0() {
+        // torch.manual_seed(0); torch.randn(16)[:4]
+        let got: Vec<u32> = torch_randn(0, &[16])[..4].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, [0xbf90_1b85, 0xbf93_808a, 0xbe80_4bd6, 0xbede_255d]);
+    }
 }

@@ -191,17 +191,24 @@ fn q8_k(b: &[u8], o: &mut [f32]) {
 }
 
 // Layout: 16 scale bytes (low nibble scale, high nibble min), 64 bytes of 2-bit quants, d, dmin.
-// Quant element e = g*128 + s*32 + l sits in bits 2s of byte g*32 + l.
+// Quant element e = g*128 + s*32 + l sits in bits 2s of byte g*32 + l; sub-block e/16 owns a scale.
 fn q2_k(b: &[u8], o: &mut [f32]) {
     let (scales, qs) = (&b[0..16], &b[16..80]);
     let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
-    for (e, o) in o.iter_mut().enumerate() {
-        let (g, s, l) = (e / 128, (e / 32) % 4, e % 32);
-        let q = f32::from((qs[g * 32 + l] >> (2 * s)) & 3);
-        let sc = scales[e / 16];
-        let dl = d * f32::from(sc & 0x0F);
-        let ml = dmin * f32::from(sc >> 4);
-        *o = dl * q - ml;
+    for g in 0..2 {
+        let q = &qs[g * 32..g * 32 + 32];
+        for s in 0..4 {
+            for half in 0..2 {
+                let e0 = g * 128 + s * 32 + half * 16;
+                let sc = scales[e0 / 16];
+                let dl = d * f32::from(sc & 0x0F);
+                let ml = dmin * f32::from(sc >> 4);
+                for l in 0..16 {
+                    let v = f32::from((q[half * 16 + l] >> (2 * s)) & 3);
+                    o[e0 + l] = dl * v - ml;
+                }
+            }
+        }
     }
 }
 
@@ -215,11 +222,19 @@ fn q3_k(b: &[u8], o: &mut [f32]) {
         let high = (sc[8 + i % 4] >> (2 * (i / 4))) & 0x03;
         *dl = d * f32::from((low | (high << 4)) as i8 - 32);
     }
-    for (e, o) in o.iter_mut().enumerate() {
-        let (g, s, l) = (e / 128, (e / 32) % 4, e % 32);
-        let ql = ((qs[g * 32 + l] >> (2 * s)) & 3) as i8;
-        let qh = ((hmask[l] >> (e / 32)) & 1) ^ 1; // the offset applies when the bit is clear
-        *o = dl[e / 16] * f32::from(ql - ((qh << 2) as i8));
+    for g in 0..2 {
+        for s in 0..4 {
+            let bit = g * 4 + s; // hmask bit of this 32-element run
+            for half in 0..2 {
+                let e0 = g * 128 + s * 32 + half * 16;
+                let scale = dl[e0 / 16];
+                for l in half * 16..half * 16 + 16 {
+                    let ql = ((qs[g * 32 + l] >> (2 * s)) & 3) as i8;
+                    let qh = ((hmask[l] >> bit) & 1) ^ 1; // the offset applies when the bit is clear
+                    o[g * 128 + s * 32 + l] = scale * f32::from(ql - ((qh << 2) as i8));
+                }
+            }
+        }
     }
 }
 
@@ -273,15 +288,22 @@ fn q5_k(b: &[u8], o: &mut [f32]) {
 fn q6_k(b: &[u8], o: &mut [f32]) {
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
-    for (e, o) in o.iter_mut().enumerate() {
-        let g = e / 128;
-        let (h, l64) = ((e / 64) % 2, e % 64);
-        let (s, l32) = ((e / 32) % 4, e % 32);
-        let low = (ql[g * 64 + l64] >> (4 * h)) & 0x0F;
-        let high = (qh[g * 32 + l32] >> (2 * s)) & 0x03;
-        let q = (low | (high << 4)) as i8 - 32;
-        let dl = d * f32::from(scales[e / 16] as i8);
-        *o = dl * f32::from(q);
+    for g in 0..2 {
+        let (ql, qh) = (&ql[g * 64..g * 64 + 64], &qh[g * 32..g * 32 + 32]);
+        for s in 0..4 {
+            // Run s of 32 elements: low nibbles from ql[(s%2)*32..] (shift 4 for s >= 2), high bits 2s.
+            let (lo_base, lo_shift) = ((s % 2) * 32, 4 * (s / 2));
+            for half in 0..2 {
+                let e0 = g * 128 + s * 32 + half * 16;
+                let dl = d * f32::from(scales[e0 / 16] as i8);
+                for l in half * 16..half * 16 + 16 {
+                    let low = (ql[lo_base + l] >> lo_shift) & 0x0F;
+                    let high = (qh[l] >> (2 * s)) & 0x03;
+                    let q = (low | (high << 4)) as i8 - 32;
+                    o[g * 128 + s * 32 + l] = dl * f32::from(q);
+                }
+            }
+        }
     }
 }
 

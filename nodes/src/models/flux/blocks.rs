@@ -4,10 +4,10 @@
 use super::FluxConfig;
 use super::rope::Rope;
 use crate::models::ModelError;
-use crate::models::layers::{Linear, attention, layer_norm, rms_norm};
+use crate::models::layers::{Linear, attention, gelu_tanh, layer_norm, rms_norm};
 use crate::models::source::Weights;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
 /// Flux's LayerNorms (no affine) and RMSNorms both use this epsilon.
@@ -128,7 +128,7 @@ impl<B: Backend> Stream<B> {
 
     fn post_attention(&self, x: Tensor<B, 3>, attn: Tensor<B, 3>, [m1, m2]: [Mod<B>; 2]) -> Tensor<B, 3> {
         let x = x + m1.gate * self.proj.forward(attn);
-        let mlp = self.mlp_out.forward(gelu_approximate(self.mlp_in.forward(m2.modulate(layer_norm(x.clone(), EPS)))));
+        let mlp = self.mlp_out.forward(gelu_tanh(self.mlp_in.forward(m2.modulate(layer_norm(x.clone(), EPS)))));
         x + m2.gate * mlp
     }
 }
@@ -158,11 +158,9 @@ impl<B: Backend> DoubleBlock<B> {
         let k = Tensor::cat(vec![txt_k, img_k], 2);
         let v = Tensor::cat(vec![txt_v, img_v], 2);
         let attn = rope_attention(q, k, v, pe);
-        let [b, l, d] = attn.dims();
-        let n_txt = txt.dims()[1];
+        let (n_txt, n_img) = (txt.dims()[1], img.dims()[1]);
         let txt_attn = attn.clone().narrow(1, 0, n_txt);
-        let img_attn = attn.narrow(1, n_txt, l - n_txt);
-        debug_assert_eq!(img_attn.dims(), [b, l - n_txt, d]);
+        let img_attn = attn.narrow(1, n_txt, n_img);
         let img = self.img.post_attention(img, img_attn, img_mods);
         let txt = self.txt.post_attention(txt, txt_attn, txt_mods);
         (img, txt)
@@ -174,11 +172,12 @@ impl<B: Backend> DoubleBlock<B> {
 #[derive(Debug, Clone)]
 pub struct SingleBlock<B: Backend> {
     modulation: Linear<B>,
-    linear1: Linear<B>,
+    /// `linear1`'s first 3·hidden rows (q, k, v) and the rest (MLP in), split at load so that
+    /// both outputs are contiguous (strided element-wise ops are slow on the CPU backend).
+    qkv: Linear<B>,
+    mlp_in: Linear<B>,
     linear2: Linear<B>,
     norm: QkNorm<B>,
-    hidden: usize,
-    mlp_hidden: usize,
     heads: usize,
 }
 
@@ -186,25 +185,24 @@ impl<B: Backend> SingleBlock<B> {
     pub fn load(w: &Weights<B>, index: usize, cfg: &FluxConfig) -> Result<Self, ModelError> {
         let (h, m) = (cfg.hidden, cfg.mlp_hidden);
         let name = format!("single_blocks.{index}");
+        let [qkv, mlp_in] = w.linear(&format!("{name}.linear1"), h, 3 * h + m)?.split_rows(3 * h);
         Ok(SingleBlock {
             modulation: w.linear(&format!("{name}.modulation.lin"), h, 3 * h)?,
-            linear1: w.linear(&format!("{name}.linear1"), h, 3 * h + m)?,
+            qkv,
+            mlp_in,
             linear2: w.linear(&format!("{name}.linear2"), h + m, h)?,
             norm: QkNorm::load(w, &format!("{name}.norm"), cfg.head_dim)?,
-            hidden: h,
-            mlp_hidden: m,
             heads: cfg.heads,
         })
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
         let m = mods(&modulation(&self.modulation, vec, 3));
-        let fused = self.linear1.forward(m.modulate(layer_norm(x.clone(), EPS)));
-        let qkv = fused.clone().narrow(2, 0, 3 * self.hidden);
-        let mlp = fused.narrow(2, 3 * self.hidden, self.mlp_hidden);
-        let [q, k, v] = split_qkv(qkv, &self.norm, self.heads);
+        let modulated = m.modulate(layer_norm(x.clone(), EPS));
+        let mlp = gelu_tanh(self.mlp_in.forward(modulated.clone()));
+        let [q, k, v] = split_qkv(self.qkv.forward(modulated), &self.norm, self.heads);
         let attn = rope_attention(q, k, v, pe);
-        let out = self.linear2.forward(Tensor::cat(vec![attn, gelu_approximate(mlp)], 2));
+        let out = self.linear2.forward(Tensor::cat(vec![attn, mlp], 2));
         x + m.gate * out
     }
 }

@@ -113,8 +113,23 @@ pub fn detect<B: Backend>(source: &dyn TensorSource<B>) -> Result<&'static str, 
     Weights::find_prefix(source, MARKER, PREFIXES).ok_or_else(|| match source.architecture() {
         // Declared flux but the tensors are missing: say which one.
         Some(_) => ModelError::MissingTensor { origin: source.origin(), name: MARKER.into(), hint: String::new() },
-        None => unsupported(format!("unknown (no {MARKER:?}, with or without a prefix)")),
+        None => unsupported(recognise(source).unwrap_or_else(|| format!("unknown (no {MARKER:?}, with or without a prefix)"))),
     })
+}
+
+/// Names a few key sets that are not Flux, so the error says what the file is.
+fn recognise<B: Backend>(source: &dyn TensorSource<B>) -> Option<String> {
+    const KNOWN: &[(&str, &str)] = &[
+        ("input_blocks.0.0.weight", "an SD1/SD2/SDXL UNet"),
+        ("joint_blocks.0.context_block.attn.qkv.weight", "SD3"),
+        ("blocks.0.self_attn.q.weight", "Wan"),
+        ("decoder.conv_in.weight", "an AutoencoderKL (VAE)"),
+        ("encoder.conv_in.weight", "an AutoencoderKL (VAE)"),
+        ("enc.blk.0.attn_q.weight", "a T5 text encoder"),
+        ("text_model.encoder.layers.0.mlp.fc1.weight", "a CLIP text encoder"),
+    ];
+    let names: Vec<&str> = source.names().collect();
+    KNOWN.iter().find(|(marker, _)| names.iter().any(|n| n.ends_with(marker))).map(|(_, what)| (*what).to_owned())
 }
 
 /// The Flux transformer.

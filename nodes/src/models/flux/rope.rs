@@ -3,7 +3,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-/// The rotation angles of one sequence, as cos/sin tables [L, head_dim/2].
+/// The rotation angles of one sequence, as tables [L, head_dim] with each angle repeated for
+/// both members of its pair: `cos` = (c₀, c₀, c₁, c₁ …), `sin` = (s₀, s₀, s₁, s₁ …).
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
@@ -16,35 +17,33 @@ impl<B: Backend> Rope<B> {
     ///
     /// Angles are computed in f64 and rounded once to f32, as BFL and diffusers do.
     pub fn new(ids: &[[f32; 3]], axes_dim: [usize; 3], theta: f64, device: &B::Device) -> Self {
-        let half: usize = axes_dim.iter().sum::<usize>() / 2;
-        let mut cos = Vec::with_capacity(ids.len() * half);
-        let mut sin = Vec::with_capacity(ids.len() * half);
+        let head_dim: usize = axes_dim.iter().sum();
+        let mut cos = Vec::with_capacity(ids.len() * head_dim);
+        let mut sin = Vec::with_capacity(ids.len() * head_dim);
         for id in ids {
             for (axis, &dim) in axes_dim.iter().enumerate() {
                 let pos = f64::from(id[axis]);
                 for i in 0..dim / 2 {
                     let omega = 1.0 / theta.powf((2 * i) as f64 / dim as f64);
                     let angle = pos * omega;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
+                    cos.extend([angle.cos() as f32; 2]);
+                    sin.extend([angle.sin() as f32; 2]);
                 }
             }
         }
-        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [ids.len(), half]), device);
+        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [ids.len(), head_dim]), device);
         Rope { cos: table(cos), sin: table(sin) }
     }
 
-    /// Rotates q or k, [B, H, L, D].
+    /// Rotates q or k, [B, H, L, D]: pair (x₀, x₁) becomes (x₀·c − x₁·s, x₁·c + x₀·s).
+    ///
+    /// Written as `x·cos + rot(x)·sin` with rot(x) = (−x₁, x₀) so that the products are
+    /// contiguous, broadcast element-wise ops (the same roundings as the pairwise form).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, l, d] = x.dims();
-        let pairs = x.reshape([b, h, l, d / 2, 2]);
-        let x0 = pairs.clone().narrow(4, 0, 1);
-        let x1 = pairs.narrow(4, 1, 1);
-        let cos = self.cos.clone().reshape([1, 1, l, d / 2, 1]);
-        let sin = self.sin.clone().reshape([1, 1, l, d / 2, 1]);
-        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-        let r1 = x1 * cos + x0 * sin;
-        Tensor::cat(vec![r0, r1], 4).reshape([b, h, l, d])
+        let pairs = x.clone().reshape([b, h, l, d / 2, 2]);
+        let rotated = Tensor::cat(vec![pairs.clone().narrow(4, 1, 1).neg(), pairs.narrow(4, 0, 1)], 4).reshape([b, h, l, d]);
+        x * self.cos.clone().reshape([1, 1, l, d]) + rotated * self.sin.clone().reshape([1, 1, l, d])
     }
 
     /// Sequence length the tables cover.

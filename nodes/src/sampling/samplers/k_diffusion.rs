@@ -52,6 +52,8 @@ pub(super) fn sample<B: Backend>(
         SamplerKind::Heun => heun(ctx, x, sigmas),
         SamplerKind::Dpm2 => dpm_2(ctx, x, sigmas),
         SamplerKind::Dpm2Ancestral => dpm_2_ancestral(ctx, x, sigmas, noise, flow),
+        SamplerKind::Dpmpp2sAncestral if flow => dpmpp_2s_ancestral_rf(ctx, x, sigmas, noise),
+        SamplerKind::Dpmpp2sAncestral => dpmpp_2s_ancestral(ctx, x, sigmas, noise),
         SamplerKind::Dpmpp2m => dpmpp_2m(ctx, x, sigmas),
         SamplerKind::Dpmpp2mSde => dpmpp_2m_sde(ctx, x, sigmas, noise, false),
         SamplerKind::Dpmpp2mSdeHeun => dpmpp_2m_sde(ctx, x, sigmas, noise, true),
@@ -225,6 +227,76 @@ fn dpm_2_ancestral<B: Backend>(
             x = dpm_2_step(ctx, x, d, sigmas[i], sigma_down)?;
             let renoised = noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
             x = if flow { x.mul_scalar(alpha_ratio) + renoised } else { x + renoised };
+        }
+    }
+    Ok(x)
+}
+
+fn dpmpp_2s_ancestral<B: Backend>(
+    ctx: &mut Ctx<'_, '_, B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+    noise: &mut dyn NoiseSampler<B>,
+) -> Result<Tensor<B, 4>, SamplingError> {
+    let t_fn = |sigma: f32| -ln(sigma);
+    let sigma_fn = |t: f32| exp(-t);
+    for i in 0..sigmas.len() - 1 {
+        let denoised = ctx.denoise(&x, sigmas[i])?;
+        let (sigma_down, sigma_up) = ancestral_step(sigmas[i], sigmas[i + 1], ETA);
+        ctx.report(i, sigmas[i], sigmas[i], &x, &denoised);
+        if sigma_down == 0.0 {
+            let d = to_d(&x, sigmas[i], &denoised);
+            let dt = sigma_down - sigmas[i];
+            x = x + d.mul_scalar(dt);
+        } else {
+            let (t, t_next) = (t_fn(sigmas[i]), t_fn(sigma_down));
+            let h = t_next - t;
+            let s = t + 0.5 * h;
+            let x_2 = x.clone().mul_scalar(sigma_fn(s) / sigma_fn(t)) - denoised.mul_scalar(expm1(-h * 0.5));
+            let denoised_2 = ctx.denoise(&x_2, sigma_fn(s))?;
+            x = x.mul_scalar(sigma_fn(t_next) / sigma_fn(t)) - denoised_2.mul_scalar(expm1(-h));
+        }
+        if sigmas[i + 1] > 0.0 {
+            x = x + noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(sigma_up);
+        }
+    }
+    Ok(x)
+}
+
+fn dpmpp_2s_ancestral_rf<B: Backend>(
+    ctx: &mut Ctx<'_, '_, B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+    noise: &mut dyn NoiseSampler<B>,
+) -> Result<Tensor<B, 4>, SamplingError> {
+    let lambda_fn = |sigma: f32| ln((1.0 - sigma) / sigma);
+    let sigma_fn = |lambda: f32| 1.0 / (exp(lambda) + 1.0);
+    for i in 0..sigmas.len() - 1 {
+        let denoised = ctx.denoise(&x, sigmas[i])?;
+        let (sigma_down, alpha_ratio, renoise) = ancestral_step_rf(sigmas[i], sigmas[i + 1], ETA);
+        ctx.report(i, sigmas[i], sigmas[i], &x, &denoised);
+        if sigmas[i + 1] == 0.0 {
+            let d = to_d(&x, sigmas[i], &denoised);
+            let dt = sigma_down - sigmas[i];
+            x = x + d.mul_scalar(dt);
+        } else {
+            // At sigma 1 ComfyUI takes the Python float 0.9999, so `0.9999 / sigma` is
+            // `reciprocal(sigma) * 0.9999` in torch.
+            let (sigma_s, ratio) = if sigmas[i] == 1.0 {
+                (0.9999f32, (1.0 / sigmas[i]) * 0.9999)
+            } else {
+                let (t_i, t_down) = (lambda_fn(sigmas[i]), lambda_fn(sigma_down));
+                let h = t_down - t_i;
+                let sigma_s = sigma_fn(t_i + 0.5 * h);
+                (sigma_s, sigma_s / sigmas[i])
+            };
+            let u = x.clone().mul_scalar(ratio) + denoised.mul_scalar(1.0 - ratio);
+            let denoised_2 = ctx.denoise(&u, sigma_s)?;
+            let down_ratio = sigma_down / sigmas[i];
+            x = x.mul_scalar(down_ratio) + denoised_2.mul_scalar(1.0 - down_ratio);
+        }
+        if sigmas[i + 1] > 0.0 && ETA > 0.0 {
+            x = x.mul_scalar(alpha_ratio) + noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
         }
     }
     Ok(x)

@@ -4,7 +4,8 @@
 //! A run: the unit noise is scaled to the first sigma (`noise_scaling`), the sampler walks the
 //! sigmas calling the [`Denoiser`] — the model with its conditioning and CFG, which returns the
 //! denoised estimate — and the result is unscaled (`inverse_noise_scaling`). Flow (CONST) models
-//! take the rectified-flow variants where ComfyUI has them (`euler_ancestral`, `dpm_2_ancestral`)
+//! take the rectified-flow variants where ComfyUI has them (`euler_ancestral`, `dpm_2_ancestral`,
+//! `dpmpp_2s_ancestral`)
 //! and the half-logSNR of flow matching in `dpmpp_2m_sde`.
 //!
 //! Scalar coefficients are computed in f32 in torch's order and tensor updates are applied in
@@ -12,12 +13,16 @@
 //! where no transcendental function is involved, and to float32 rounding elsewhere.
 //!
 //! Stochastic samplers draw noise from a [`NoiseSampler`]. The default, [`TorchNoiseSampler`], is
-//! ComfyUI's `default_noise_sampler` on the CPU: a torch generator seeded with `seed + 1`
-//! (ComfyUI ≥ 0.8 adds 1 on the CPU so that it differs from the initial noise), one
-//! `torch.randn(x.shape)` per call. ComfyUI on a GPU draws from CUDA's Philox generator instead,
-//! which depends on the device and is not reproduced. `dpmpp_2m_sde` uses a Brownian tree
-//! ([`super::brownian`]).
+//! ComfyUI's `default_noise_sampler` on the CPU: one `torch.randn(x.shape)` per call from a torch
+//! generator seeded with `seed + 1` (ComfyUI ≥ 0.7, PR #11528, adds 1 on the CPU so that it
+//! differs from the initial noise; for earlier versions pass [`TorchNoiseSampler::new`] with the
+//! seed itself to [`SamplerRun::run_with_noise`]). ComfyUI on a GPU draws from CUDA's Philox
+//! generator instead, which depends on the device and is not reproduced. `dpmpp_2m_sde` uses
+//! ComfyUI's Brownian tree, which runs on the CPU there too ([`super::brownian`]).
+mod cfg;
 mod k_diffusion;
+
+pub use cfg::{CfgDenoiser, Guidance, cfg_combine, cfg_is_skipped};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -40,6 +45,8 @@ pub enum SamplerKind {
     Dpm2,
     /// `dpm_2_ancestral`: DPM-Solver-2 with ancestral noise (RF variant for flow models).
     Dpm2Ancestral,
+    /// `dpmpp_2s_ancestral`: DPM-Solver++(2S) with ancestral noise (RF variant for flow models).
+    Dpmpp2sAncestral,
     /// `dpmpp_2m`: DPM-Solver++(2M).
     Dpmpp2m,
     /// `dpmpp_2m_sde`: DPM-Solver++(2M) SDE, midpoint solver, Brownian-tree noise.
@@ -54,12 +61,13 @@ pub enum SamplerKind {
 
 impl SamplerKind {
     /// Every sampler weft implements, in ComfyUI's order.
-    pub const ALL: [SamplerKind; 10] = [
+    pub const ALL: [SamplerKind; 11] = [
         Self::Euler,
         Self::EulerAncestral,
         Self::Heun,
         Self::Dpm2,
         Self::Dpm2Ancestral,
+        Self::Dpmpp2sAncestral,
         Self::Dpmpp2m,
         Self::Dpmpp2mSde,
         Self::Dpmpp2mSdeHeun,
@@ -75,6 +83,7 @@ impl SamplerKind {
             Self::Heun => "heun",
             Self::Dpm2 => "dpm_2",
             Self::Dpm2Ancestral => "dpm_2_ancestral",
+            Self::Dpmpp2sAncestral => "dpmpp_2s_ancestral",
             Self::Dpmpp2m => "dpmpp_2m",
             Self::Dpmpp2mSde => "dpmpp_2m_sde",
             Self::Dpmpp2mSdeHeun => "dpmpp_2m_sde_heun",
@@ -100,14 +109,23 @@ impl SamplerKind {
 
     /// Whether the sampler draws noise while it runs.
     pub fn is_stochastic(self) -> bool {
-        matches!(self, Self::EulerAncestral | Self::Dpm2Ancestral | Self::Dpmpp2mSde | Self::Dpmpp2mSdeHeun | Self::Ddpm | Self::Lcm)
+        matches!(
+            self,
+            Self::EulerAncestral
+                | Self::Dpm2Ancestral
+                | Self::Dpmpp2sAncestral
+                | Self::Dpmpp2mSde
+                | Self::Dpmpp2mSdeHeun
+                | Self::Ddpm
+                | Self::Lcm
+        )
     }
 }
 
 /// The model as a sampler sees it: the denoised estimate of `x` at noise level `sigma`.
 ///
 /// This is where the network, `calculate_input`/`calculate_denoised` and CFG live (see
-/// [`super::ModelSampling`] and [`cfg_combine`]). Closures `FnMut(Tensor, f32) -> Result<Tensor>`
+/// [`CfgDenoiser`]). Closures `FnMut(Tensor, f32) -> Result<Tensor>`
 /// are denoisers.
 pub trait Denoiser<B: Backend> {
     /// The denoised estimate (ComfyUI's `model(x, sigma)` inside a sampler).
@@ -121,16 +139,6 @@ where
     fn denoise(&mut self, x: Tensor<B, 4>, sigma: f32) -> Result<Tensor<B, 4>, SamplingError> {
         self(x, sigma)
     }
-}
-
-/// ComfyUI's CFG: `uncond + (cond - uncond) * cfg`, on denoised estimates.
-pub fn cfg_combine<B: Backend>(cond: Tensor<B, 4>, uncond: Tensor<B, 4>, cfg: f32) -> Tensor<B, 4> {
-    uncond.clone() + (cond - uncond).mul_scalar(cfg)
-}
-
-/// Whether ComfyUI skips the unconditional pass: `math.isclose(cfg, 1.0)`.
-pub fn cfg_is_skipped(cfg: f64) -> bool {
-    super::torch_math::isclose(cfg, 1.0, 1e-9, 0.0)
 }
 
 /// The noise a stochastic sampler adds between `sigma` and `sigma_next`, unit variance.
@@ -240,14 +248,14 @@ impl SamplerRun<'_> {
     ) -> Result<Tensor<B, 4>, SamplingError> {
         let shape = latent_image.dims();
         let device = latent_image.device();
-        let mut noise_sampler: Box<dyn NoiseSampler<B>> = match self.sampler {
-            SamplerKind::Dpmpp2mSde | SamplerKind::Dpmpp2mSdeHeun => {
-                let positive = self.sigmas.iter().copied().filter(|&s| s > 0.0);
-                let sigma_min = positive.clone().fold(f32::INFINITY, f32::min);
-                let sigma_max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                Box::new(BrownianTreeNoiseSampler::new(sigma_min, sigma_max, self.seed, shape, &device))
-            }
-            _ => Box::new(TorchNoiseSampler::comfy_default(self.seed, shape, &device)),
+        // ComfyUI builds the tree over [min positive sigma, max sigma] of the schedule.
+        let sigma_min = self.sigmas.iter().copied().filter(|&s| s > 0.0).fold(f32::INFINITY, f32::min);
+        let sigma_max = self.sigmas.iter().copied().fold(0.0, f32::max);
+        let brownian = matches!(self.sampler, SamplerKind::Dpmpp2mSde | SamplerKind::Dpmpp2mSdeHeun);
+        let mut noise_sampler: Box<dyn NoiseSampler<B>> = if brownian && sigma_min.is_finite() && sigma_max.is_finite() {
+            Box::new(BrownianTreeNoiseSampler::new(sigma_min, sigma_max, self.seed, shape, &device))
+        } else {
+            Box::new(TorchNoiseSampler::comfy_default(self.seed, shape, &device))
         };
         self.run_with_noise(denoiser, noise, latent_image, noise_sampler.as_mut(), hooks)
     }
