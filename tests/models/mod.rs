@@ -48,7 +48,7 @@ pub fn assert_close<const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<
     });
     let measured = worst / scale;
     println!("{what}: max |diff| {worst:.3e} (at {at}), max |want| {scale:.3}, relative {measured:.3e}");
-    assert!(measured <= rel, "{what}: element {at}: got {}, want {} (relative error {measured:.3e} > {rel:.0e})", got[at], want[at], );
+    assert!(measured <= rel, "{what}: element {at}: got {}, want {} (relative error {measured:.3e} > {rel:.0e})", got[at], want[at]);
     measured
 }
 

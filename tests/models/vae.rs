@@ -7,6 +7,7 @@ use weft_nodes::models::LatentFormat;
 use weft_nodes::models::vae::{Vae, VaeConfig};
 use weft_tests::B;
 
+/// Relative tolerance (see `assert_close`); measured 1.2e-6 to 1.9e-6 for all four directions.
 const REL: f32 = 1e-4;
 
 fn load(rel: &str) -> Vae<B> {

@@ -48,6 +48,7 @@ fn select(mask: bool, value: f32) -> f32 {
 }
 
 /// `log256_ps` for one lane: natural log, NaN for x <= 0.
+#[inline(always)]
 pub fn log_ps(x: f32) -> f32 {
     let invalid = x <= 0.0;
     // vmaxps keeps the second operand when the first is not greater (NaN included).
@@ -75,6 +76,7 @@ pub fn log_ps(x: f32) -> f32 {
 }
 
 /// `sincos256_ps` for one lane: `(sin x, cos x)`.
+#[inline(always)]
 pub fn sincos_ps(x: f32) -> (f32, f32) {
     let sign_in = x.to_bits() & SIGN_MASK;
     let ax = f32::from_bits(x.to_bits() & !SIGN_MASK);
@@ -111,17 +113,38 @@ pub fn sincos_ps(x: f32) -> (f32, f32) {
     (f32::from_bits(sin.to_bits() ^ sign_sin), f32::from_bits(cos.to_bits() ^ sign_cos))
 }
 
-/// `NormalFill16<float>`: turns 16 uniforms in [0, 1) into 16 normals, in place. Lane `j` pairs
-/// `data[j]` (radius) with `data[j + 8]` (angle).
-pub fn normal_fill_16(data: &mut [f32; 16], mean: f32, std: f32) {
-    for j in 0..8 {
-        let u1 = 1.0 - data[j];
-        let u2 = data[j + 8];
-        let radius = (-2.0 * log_ps(u1)).sqrt();
-        let theta = TWO_PI * u2;
-        let (sin, cos) = sincos_ps(theta);
-        data[j] = (radius * cos).mul_add(std, mean);
-        data[j + 8] = (radius * sin).mul_add(std, mean);
+/// `NormalFill16<float>` on every complete block of 16 values of `data`: 16 uniforms in [0, 1)
+/// become 16 normals, in place. Lane `j` of a block pairs `block[j]` (radius) with `block[j + 8]`
+/// (angle).
+pub fn normal_fill(data: &mut [f32], mean: f32, std: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { normal_fill_avx2_fma(data, mean, std) };
+        return;
+    }
+    fill_blocks(data, mean, std);
+}
+
+/// The same code with hardware FMA (a call to libm's `fmaf` per multiply-add otherwise) and AVX2
+/// for the lanes; fused multiply-adds round once either way, so the bits do not change.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn normal_fill_avx2_fma(data: &mut [f32], mean: f32, std: f32) {
+    fill_blocks(data, mean, std);
+}
+
+#[inline(always)]
+fn fill_blocks(data: &mut [f32], mean: f32, std: f32) {
+    for block in data.chunks_exact_mut(16) {
+        for j in 0..8 {
+            let u1 = 1.0 - block[j];
+            let u2 = block[j + 8];
+            let radius = (-2.0 * log_ps(u1)).sqrt();
+            let (sin, cos) = sincos_ps(TWO_PI * u2);
+            block[j] = (radius * cos).mul_add(std, mean);
+            block[j + 8] = (radius * sin).mul_add(std, mean);
+        }
     }
 }
 

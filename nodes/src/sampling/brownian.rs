@@ -100,7 +100,7 @@ fn round6(x: f64) -> f64 {
 }
 
 const POOL_SIZE: usize = 24;
-const CACHE_SIZE: usize = 100000;
+const CACHE_SIZE: usize = 45;
 /// Far deeper than any tree over f32 sigmas at 1e-6 resolution gets; a guard against loops.
 const MAX_DEPTH: u64 = 200;
 
@@ -134,7 +134,6 @@ pub struct BrownianTree {
 }
 
 const TOP: usize = 0;
-pub static RANDN_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl BrownianTree {
     /// A tree over `[t0, t1]` (`t0 < t1`) with entropy `seed`.
@@ -274,7 +273,6 @@ impl BrownianTree {
         let left_diff = split.midway - p.start;
         let right_diff = p.end - split.midway;
         let std = (left_diff * right_diff * h_reciprocal).sqrt() as f32;
-        RANDN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let noise = TorchGenerator::manual_seed(u64::from(split.w_seed)).randn(&[self.numel]);
         let (left_diff, h_reciprocal) = (left_diff as f32, h_reciprocal as f32);
         let w: Vec<f32> = parent_w

@@ -7,7 +7,7 @@
 //! - a float uniform is `(random() & 0xFFFFFF) * 2^-24`, a double uniform
 //!   `(random64() & (2^53 - 1)) * 2^-53` with `random64 = hi << 32 | lo` from two draws;
 //! - `randn` on a contiguous f32 tensor of at least 16 elements fills the buffer with uniforms, then
-//!   converts it 16 at a time by Box-Muller ([`normal_fill_16`]); when the length is not a multiple
+//!   converts it 16 at a time by Box-Muller ([`normal_fill`]); when the length is not a multiple
 //!   of 16 the last 16 values are drawn again and converted again;
 //! - below 16 elements it takes the scalar path: one double Box-Muller per two values
 //!   (`at::normal_distribution<double>`, with libm's `log1p`, `sin`, `cos`), the second value
@@ -17,7 +17,7 @@
 //! torch on other CPUs (aarch64, e.g. Apple silicon) uses libm `logf`/`sinf`/`cosf` there and
 //! differs in the last bits; that is torch's own platform difference.
 use super::SamplingError;
-use super::avx_mathfun::normal_fill_16;
+use super::avx_mathfun::normal_fill;
 
 const MT_N: usize = 624;
 const MT_M: usize = 397;
@@ -45,11 +45,18 @@ impl Mt19937 {
         const UPPER: u32 = 0x8000_0000;
         const LOWER: u32 = 0x7fff_ffff;
         const MATRIX_A: u32 = 0x9908_b0df;
-        for i in 0..MT_N {
-            let y = (self.state[i] & UPPER) | (self.state[(i + 1) % MT_N] & LOWER);
-            let mag = if y & 1 == 1 { MATRIX_A } else { 0 };
-            self.state[i] = self.state[(i + MT_M) % MT_N] ^ (y >> 1) ^ mag;
+        let state = &mut self.state;
+        let mix = |upper: u32, lower: u32, far: u32| {
+            let y = (upper & UPPER) | (lower & LOWER);
+            far ^ (y >> 1) ^ if y & 1 == 1 { MATRIX_A } else { 0 }
+        };
+        for i in 0..MT_N - MT_M {
+            state[i] = mix(state[i], state[i + 1], state[i + MT_M]);
         }
+        for i in MT_N - MT_M..MT_N - 1 {
+            state[i] = mix(state[i], state[i + 1], state[i + MT_M - MT_N]);
+        }
+        state[MT_N - 1] = mix(state[MT_N - 1], state[0], state[MT_M - 1]);
         self.index = 0;
     }
 
@@ -128,15 +135,13 @@ impl TorchGenerator {
         for value in out.iter_mut() {
             *value = self.uniform_f32();
         }
-        for chunk in out.chunks_exact_mut(16) {
-            fill_chunk(chunk);
-        }
+        normal_fill(out, 0.0, 1.0);
         if !size.is_multiple_of(16) {
             let tail = &mut out[size - 16..];
             for value in tail.iter_mut() {
                 *value = self.uniform_f32();
             }
-            fill_chunk(tail);
+            normal_fill(tail, 0.0, 1.0);
         }
     }
 
@@ -145,12 +150,6 @@ impl TorchGenerator {
         let mut out = vec![0.0; shape.iter().product()];
         self.randn_into(&mut out);
         out
-    }
-}
-
-fn fill_chunk(chunk: &mut [f32]) {
-    if let Ok(block) = <&mut [f32; 16]>::try_from(chunk) {
-        normal_fill_16(block, 0.0, 1.0);
     }
 }
 
