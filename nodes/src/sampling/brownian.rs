@@ -9,6 +9,7 @@
 //! decimals; increments are float32 tensors combined in torchsde's order. The result matches
 //! ComfyUI's noise on the CPU (`tests/sampling/samplers.rs` checks `dpmpp_2m_sde` against torchsde).
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -127,9 +128,11 @@ pub struct BrownianTree {
     entropy: u64,
     numel: usize,
     intervals: Vec<Interval>,
-    top_w: Vec<f32>,
+    top_w: Arc<Vec<f32>>,
     last_interval: usize,
-    cache: HashMap<usize, Vec<f32>>,
+    /// Increments of recently computed intervals. Values do not depend on what is cached;
+    /// torchsde keeps 45, first in first out, and so does this.
+    cache: HashMap<usize, Arc<Vec<f32>>>,
     cache_order: VecDeque<usize>,
 }
 
@@ -147,7 +150,7 @@ impl BrownianTree {
             entropy: seed,
             numel,
             intervals: vec![top],
-            top_w,
+            top_w: Arc::new(top_w),
             last_interval: TOP,
             cache: HashMap::new(),
             cache_order: VecDeque::new(),
@@ -172,10 +175,10 @@ impl BrownianTree {
             return Err(SamplingError::invalid("brownian tree", format!("no interval for [{ta}, {tb}]")));
         };
         self.last_interval = last;
-        let mut w = self.w(found[0]);
+        let mut w = self.w(found[0]).as_ref().clone();
         for &interval in &found[1..] {
             let wi = self.w(interval);
-            w.iter_mut().zip(wi).for_each(|(a, b)| *a += b);
+            w.iter_mut().zip(wi.iter()).for_each(|(a, b)| *a += b);
         }
         Ok(w)
     }
@@ -257,39 +260,50 @@ impl BrownianTree {
         self.intervals[node].split = Some(Split { midway: round6(midway), spawn_key, depth, w_seed, left, right: left + 1 });
     }
 
-    /// The increment over one interval, from its parent's by the Brownian bridge.
-    fn w(&mut self, node: usize) -> Vec<f32> {
-        if node == TOP {
-            return self.top_w.clone();
+    /// The increment over one interval: from the nearest known ancestor down, each child from its
+    /// parent's by the Brownian bridge.
+    fn w(&mut self, node: usize) -> Arc<Vec<f32>> {
+        let mut chain = Vec::new();
+        let mut current = node;
+        let mut known = loop {
+            if current == TOP {
+                break self.top_w.clone();
+            }
+            if let Some(w) = self.cache.get(&current) {
+                break w.clone();
+            }
+            chain.push(current);
+            current = self.intervals[current].parent;
+        };
+        for &child in chain.iter().rev() {
+            known = Arc::new(self.bridge(child, &known));
+            if self.cache.len() >= CACHE_SIZE
+                && let Some(oldest) = self.cache_order.pop_front()
+            {
+                self.cache.remove(&oldest);
+            }
+            self.cache.insert(child, known.clone());
+            self.cache_order.push_back(child);
         }
-        if let Some(w) = self.cache.get(&node) {
-            return w.clone();
-        }
-        let (parent, is_left) = (self.intervals[node].parent, self.intervals[node].is_left);
-        let parent_w = self.w(parent);
-        let p = &self.intervals[parent];
-        let Some(split) = &p.split else { return parent_w };
-        let h_reciprocal = 1.0 / (p.end - p.start);
-        let left_diff = split.midway - p.start;
-        let right_diff = p.end - split.midway;
+        known
+    }
+
+    /// A child's increment given its parent's: the bridge mean plus noise from the parent's seed,
+    /// `left = left_diff·W·(1/h) + sqrt(left_diff·right_diff/h)·noise`, `right = W - left`.
+    fn bridge(&self, node: usize, parent_w: &[f32]) -> Vec<f32> {
+        let interval = &self.intervals[node];
+        let parent = &self.intervals[interval.parent];
+        let Some(split) = &parent.split else { return parent_w.to_vec() };
+        let h_reciprocal = 1.0 / (parent.end - parent.start);
+        let left_diff = split.midway - parent.start;
+        let right_diff = parent.end - split.midway;
         let std = (left_diff * right_diff * h_reciprocal).sqrt() as f32;
-        let noise = TorchGenerator::manual_seed(u64::from(split.w_seed)).randn(&[self.numel]);
+        let mut w = TorchGenerator::manual_seed(u64::from(split.w_seed)).randn(&[self.numel]);
         let (left_diff, h_reciprocal) = (left_diff as f32, h_reciprocal as f32);
-        let w: Vec<f32> = parent_w
-            .iter()
-            .zip(&noise)
-            .map(|(&wp, &n)| {
-                let left_w = left_diff * wp * h_reciprocal + std * n;
-                if is_left { left_w } else { wp - left_w }
-            })
-            .collect();
-        if self.cache.len() >= CACHE_SIZE
-            && let Some(oldest) = self.cache_order.pop_front()
-        {
-            self.cache.remove(&oldest);
+        for (value, &wp) in w.iter_mut().zip(parent_w) {
+            let left_w = left_diff * wp * h_reciprocal + std * *value;
+            *value = if interval.is_left { left_w } else { wp - left_w };
         }
-        self.cache.insert(node, w.clone());
-        self.cache_order.push_back(node);
         w
     }
 }
