@@ -65,4 +65,3 @@ pub fn model_sampling(description: &Value) -> ModelSampling {
         other => panic!("unknown model sampling {other:?}"),
     }
 }
-mod scratch_perf;

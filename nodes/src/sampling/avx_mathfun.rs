@@ -120,7 +120,10 @@ pub fn normal_fill(data: &mut [f32], mean: f32, std: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { normal_fill_avx2_fma(data, mean, std) };
+        #[allow(unsafe_code)]
+        unsafe {
+            normal_fill_avx2_fma(data, mean, std)
+        };
         return;
     }
     fill_blocks(data, mean, std);
@@ -130,6 +133,7 @@ pub fn normal_fill(data: &mut [f32], mean: f32, std: f32) {
 /// for the lanes; fused multiply-adds round once either way, so the bits do not change.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(unsafe_code)]
 unsafe fn normal_fill_avx2_fma(data: &mut [f32], mean: f32, std: f32) {
     fill_blocks(data, mean, std);
 }

@@ -231,7 +231,7 @@ impl BrownianTree {
     fn split(&mut self, mut node: usize, midway: f64) -> Result<(), SamplingError> {
         for _ in 0..MAX_DEPTH {
             let middle = 0.5 * (self.intervals[node].end + self.intervals[node].start);
-            self.split_exact(node, middle);
+            self.split_exact(node, middle)?;
             let (at, (left, right)) = (self.intervals[node].split.as_ref().map_or(midway, |s| s.midway), self.children(node));
             if midway > at {
                 node = right;
@@ -244,13 +244,18 @@ impl BrownianTree {
         Err(SamplingError::invalid("brownian tree", format!("splitting toward {midway} does not converge")))
     }
 
-    fn split_exact(&mut self, node: usize, midway: f64) {
+    fn split_exact(&mut self, node: usize, midway: f64) -> Result<(), SamplingError> {
         let (spawn_key, depth) = if node == TOP {
             (0, 0)
         } else {
             let interval = &self.intervals[node];
             let parent = self.intervals[interval.parent].split.as_ref().map_or((0, 0), |s| (s.spawn_key, s.depth));
-            (2 * parent.0 + u64::from(!interval.is_left), parent.1 + 1)
+            // Python's keys are unbounded; 63 levels are 1e-6 steps over a range of 9e12.
+            let key = parent.0.checked_mul(2).and_then(|k| k.checked_add(u64::from(!interval.is_left)));
+            let Some(key) = key else {
+                return Err(SamplingError::invalid("brownian tree", "deeper than 63 levels (sigmas too far apart)"));
+            };
+            (key, parent.1 + 1)
         };
         let w_seed = SeedSequence::new(self.entropy, &[spawn_key, depth], POOL_SIZE).generate_state(4)[0];
         let (start, end) = (self.intervals[node].start, self.intervals[node].end);
@@ -258,6 +263,7 @@ impl BrownianTree {
         self.intervals.push(Interval { start: round6(start), end: round6(midway), parent: node, is_left: true, split: None });
         self.intervals.push(Interval { start: round6(midway), end: round6(end), parent: node, is_left: false, split: None });
         self.intervals[node].split = Some(Split { midway: round6(midway), spawn_key, depth, w_seed, left, right: left + 1 });
+        Ok(())
     }
 
     /// The increment over one interval: from the nearest known ancestor down, each child from its
@@ -370,5 +376,13 @@ mod tests {
         }
         assert_eq!(tree.increment(2.0, 2.0).unwrap(), vec![0.0; 64]);
         assert!(tree.increment(3.0, 2.0).is_err());
+    }
+
+    #[test]
+    fn absurd_sigma_ranges_do_not_panic() {
+        // 100 levels of left turns: spawn key 0 at depth 100, as in Python.
+        let mut tree = BrownianTree::new(1e-3, 1e30, 1, 16);
+        assert_eq!(tree.increment(1.0, 2.0).unwrap().len(), 16);
+        assert_eq!(tree.increment(6e29, 9e29).unwrap().len(), 16);
     }
 }

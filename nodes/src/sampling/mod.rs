@@ -30,6 +30,10 @@
 //!
 //! **Architecture Invariant:** sampling knows no model architecture and no node. A model enters as
 //! a [`samplers::Denoiser`]; progress and cancellation enter as [`samplers::SamplerHooks`].
+//!
+//! **Architecture Invariant:** no `unsafe` here but the call of the AVX2+FMA build of the
+//! Box-Muller kernel after the CPU features are detected (`avx_mathfun::normal_fill`).
+#![deny(unsafe_code)]
 use std::fmt;
 
 pub mod avx_mathfun;
