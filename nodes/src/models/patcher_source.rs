@@ -1,0 +1,55 @@
+//! [`PatcherSource`]: a [`TensorSource`] over a [`ModelPatcher`], so that models built for a node's
+//! run read the patcher's weights — its device copies when loaded, LoRA patches baked in — rather
+//! than the file.
+//!
+//! The models ask for f32 (they compute in f32 on the CPU). A resident F32 copy is handed out as
+//! it is (a shared handle, no copy); anything else (an F16/BF16 copy, or a weight that is not
+//! resident and streams from the mapping) goes through `ModelPatcher::float_weight` and a cast.
+use super::{ModelError, TensorSource};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, FloatDType, Tensor};
+use weft_engine::patcher::ModelPatcher;
+
+/// A patcher's weights, by their names in the model file.
+pub struct PatcherSource<'a, B: Backend> {
+    patcher: &'a ModelPatcher<B>,
+}
+
+impl<'a, B: Backend> PatcherSource<'a, B> {
+    /// The weights of `patcher`, with its patches.
+    pub fn new(patcher: &'a ModelPatcher<B>) -> Self {
+        PatcherSource { patcher }
+    }
+}
+
+impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
+    fn origin(&self) -> String {
+        self.patcher.source().path().display().to_string()
+    }
+
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.patcher.source().tensors().iter().map(|t| t.name.as_str()))
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.patcher.source().get(name).map(|t| t.shape.iter().map(|&d| d as usize).collect())
+    }
+
+    fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
+        let weight = self.patcher.float_weight(name).map_err(|e| ModelError::Config {
+            origin: self.origin(),
+            message: format!("weight {name:?}: {e}"),
+        })?;
+        let weight = if weight.dtype() == DType::F32 { weight } else { weight.cast(FloatDType::F32) };
+        // The patcher's device is the node's device in every loader; a mismatch would be a bug
+        // in the caller, and moving is the safe answer.
+        Ok(if &weight.device() == device { weight } else { weight.to_device(device) })
+    }
+
+    fn architecture(&self) -> Option<String> {
+        match self.patcher.source().file() {
+            weft_engine::formats::ModelFile::Gguf(f) => f.header().architecture().map(str::to_owned),
+            weft_engine::formats::ModelFile::Safetensors(_) => None,
+        }
+    }
+}
