@@ -6,14 +6,19 @@
 use burn::tensor::backend::Backend;
 use weft_engine::registry::{NodeRegistry, Plugin};
 
+pub mod conditioning;
 pub mod image;
 pub mod image_io;
 pub mod latent;
+pub mod loaders;
 pub mod offload;
 pub mod models;
 pub mod primitive;
+pub mod sampler;
 pub mod sampling;
 pub mod text;
+pub mod text_nodes;
+pub mod vae_nodes;
 
 /// The largest width or height a node accepts, as ComfyUI's `MAX_RESOLUTION`.
 pub const MAX_RESOLUTION: i64 = 16384;
@@ -32,5 +37,10 @@ impl Plugin for Builtin {
         image::register(registry);
         image_io::register(registry);
         offload::register(registry);
+        loaders::register(registry);
+        conditioning::register(registry);
+        text_nodes::register(registry);
+        sampler::register(registry);
+        vae_nodes::register(registry);
     }
 }

@@ -29,6 +29,8 @@ pub(super) struct RunArgs {
     /// A model folder in ComfyUI's layout (repeatable; searched in order).
     #[arg(long = "models-dir", value_name = "DIR")]
     models_dir: Vec<PathBuf>,
+    #[command(flatten)]
+    memory: crate::memory::MemoryArgs,
 }
 
 /// The exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
@@ -66,7 +68,10 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
     }
 
     let base_dir = args.file.parent().map(PathBuf::from).unwrap_or_default();
-    let env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs: args.models_dir, ..RunEnv::default() };
+    let mut env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs: args.models_dir, ..RunEnv::default() };
+    let policy = args.memory.policy().map_err(anyhow::Error::msg)?;
+    let device = std::sync::Arc::new(crate::patcher::BurnDevice::<CliBackend>::host(Default::default()));
+    env.services.insert(std::sync::Arc::new(crate::memory::MemoryManager::<CliBackend>::new(device, policy)));
     let mut executor = Executor::<CliBackend>::new(Default::default(), env);
     let cancel = CancelToken::new();
     install_ctrl_c(cancel.clone());

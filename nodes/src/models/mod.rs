@@ -12,6 +12,7 @@
 //! [`ModelError`] that names the file and the tensor.
 pub mod flux;
 pub mod layers;
+pub mod patcher_source;
 pub mod source;
 pub mod vae;
 
