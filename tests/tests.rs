@@ -5,3 +5,4 @@ mod models;
 mod text;
 mod memory;
 mod sampling;
+mod pipeline;

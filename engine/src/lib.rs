@@ -9,3 +9,4 @@ pub mod node;
 pub mod registry;
 pub mod memory;
 pub mod patcher;
+pub mod device;

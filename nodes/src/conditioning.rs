@@ -117,9 +117,9 @@ impl<B: Backend> Loaded<B> {
 
     /// As `[batch, width]`.
     fn reshape_2(self) -> Result<Tensor<B, 2>, NodeError> {
-        match self.shape.as_slice() {
-            &[d] if d > 0 => Ok(self.values.reshape([1, d])),
-            &[b, d] if b > 0 && d > 0 => Ok(self.values.reshape([b, d])),
+        match *self.shape.as_slice() {
+            [d] if d > 0 => Ok(self.values.reshape([1, d])),
+            [b, d] if b > 0 && d > 0 => Ok(self.values.reshape([b, d])),
             _ => Err(self.wrong("[width] or [batch, width]")),
         }
     }

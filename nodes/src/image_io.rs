@@ -1,5 +1,5 @@
-//! Image files: `LoadImage` and `SaveImage` (PNG, 8 bits per channel, as ComfyUI writes them) and
-//! the conversions between IMAGE tensors and PNG bytes.
+//! Image files: `LoadImage` and `SaveImage` (PNG, 8 bits per channel, as ComfyUI writes them, with
+//! the run's [`PngTextChunks`] embedded) and the conversions between IMAGE tensors and PNG bytes.
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
@@ -50,8 +50,20 @@ pub fn image_to_bitmaps<B: Backend>(image: Tensor<B, 4>) -> Result<Vec<Bitmap>, 
         .collect())
 }
 
+/// Text `SaveImage` embeds in every PNG it writes, as (keyword, text) chunks: what made the image
+/// (ComfyUI writes `prompt` and `workflow`), so that it can be traced back and run again. Whoever
+/// runs the executor puts one in the run's services (`RunEnv::services`); without one, none is written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PngTextChunks(pub Vec<(String, String)>);
+
 /// Encodes a bitmap as PNG.
 pub fn encode_png(bitmap: &Bitmap) -> Result<Vec<u8>, NodeError> {
+    encode_png_with_text(bitmap, &[])
+}
+
+/// Encodes a bitmap as PNG with text chunks: `tEXt` when the text is Latin-1, else `iTXt` (UTF-8),
+/// as PIL's `PngInfo.add_text` chooses for ComfyUI.
+pub fn encode_png_with_text(bitmap: &Bitmap, text: &[(String, String)]) -> Result<Vec<u8>, NodeError> {
     let color = match bitmap.channels {
         1 => png::ColorType::Grayscale,
         3 => png::ColorType::Rgb,
@@ -61,10 +73,33 @@ pub fn encode_png(bitmap: &Bitmap) -> Result<Vec<u8>, NodeError> {
     let mut encoder = png::Encoder::new(&mut bytes, bitmap.width, bitmap.height);
     encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
+    for (keyword, value) in text {
+        let added = if value.chars().all(|c| u32::from(c) < 256) {
+            encoder.add_text_chunk(keyword.clone(), value.clone())
+        } else {
+            encoder.add_itxt_chunk(keyword.clone(), value.clone())
+        };
+        added.map_err(|e| NodeError::msg(format!("PNG text chunk {keyword:?}: {e}")))?;
+    }
     let mut writer = encoder.write_header().map_err(NodeError::other)?;
     writer.write_image_data(&bitmap.pixels).map_err(NodeError::other)?;
     writer.finish().map_err(NodeError::other)?;
     Ok(bytes)
+}
+
+/// The text chunks of a PNG (`tEXt`, then `iTXt`; compressed `zTXt` last) as (keyword, text):
+/// what [`encode_png_with_text`] embedded, e.g. the workflow that made an image.
+pub fn read_png_text(bytes: &[u8]) -> Result<Vec<(String, String)>, NodeError> {
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().map_err(NodeError::other)?;
+    let info = reader.info();
+    let mut text: Vec<(String, String)> = info.uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
+    for chunk in &info.utf8_text {
+        text.push((chunk.keyword.clone(), chunk.get_text().map_err(NodeError::other)?));
+    }
+    for chunk in &info.compressed_latin1_text {
+        text.push((chunk.keyword.clone(), chunk.get_text().map_err(NodeError::other)?));
+    }
+    Ok(text)
 }
 
 /// Decodes a PNG (any colour type and depth) into an RGB or RGBA bitmap.
@@ -151,7 +186,10 @@ impl<B: Backend> Node<B> for SaveImage {
     fn schema(&self) -> NodeSchema {
         NodeSchema::new("SaveImage")
             .category("image")
-            .describe("Saves images as PNG files <prefix>_00001_.png … in the output folder; each file appears whole or not at all.")
+            .describe(
+                "Saves images as PNG files <prefix>_00001_.png … in the output folder, with the run's text chunks (the workflow) \
+                 embedded; each file appears whole or not at all.",
+            )
             .input("images", PortType::IMAGE)
             .param(ParamSpec::string("filename_prefix").default("weft"))
             .output_node()
@@ -171,10 +209,11 @@ impl<B: Backend> Node<B> for SaveImage {
             _ => return Err(NodeError::msg(format!("invalid filename_prefix {:?}", params.filename_prefix))),
         };
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
+        let text = ctx.env().services.get::<PngTextChunks>().map(|chunks| chunks.0.clone()).unwrap_or_default();
         for (counter, bitmap) in (next_counter(&dir, &stem)?..).zip(&bitmaps) {
             ctx.check_cancelled()?;
             let path = dir.join(format!("{stem}_{counter:05}_.png"));
-            write_atomically(&path, &encode_png(bitmap)?)?;
+            write_atomically(&path, &encode_png_with_text(bitmap, &text)?)?;
             tracing::info!(path = %path.display(), "saved image");
             ctx.report_file(&path);
         }
@@ -231,6 +270,18 @@ mod tests {
         let decoded = decode_png(&encode_png(&bitmap).unwrap()).unwrap();
         assert_eq!(decoded.channels, 3);
         assert_eq!(decoded.pixels, vec![7, 7, 7, 200, 200, 200]);
+    }
+
+    #[test]
+    fn text_chunks_are_embedded_latin1_or_utf8() {
+        let bitmap = Bitmap { width: 1, height: 1, channels: 3, pixels: vec![1, 2, 3] };
+        let text = [("workflow".to_owned(), "Workflow(version: 1)".to_owned()), ("prompt".to_owned(), "猫 café".to_owned())];
+        let bytes = encode_png_with_text(&bitmap, &text).unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(&bytes)).read_info().unwrap();
+        assert_eq!(reader.info().uncompressed_latin1_text.len(), 1, "Latin-1 text as tEXt");
+        assert_eq!(reader.info().utf8_text.len(), 1, "other text as iTXt");
+        assert_eq!(read_png_text(&bytes).unwrap(), text);
+        assert_eq!(decode_png(&bytes).unwrap().pixels, vec![1, 2, 3]);
     }
 
     #[test]

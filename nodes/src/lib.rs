@@ -1,8 +1,9 @@
 //! weft-nodes: the built-in plugin (models, sampling, node types).
 //!
-//! [`Builtin`] registers every built-in node type under its ComfyUI name. Today these are the nodes
-//! that need no model: primitives, empty latents, images, PNG load/save. The model nodes
-//! (`UnetLoaderGGUF`, `CLIPTextEncode`, `KSampler`, `VAEDecode` …) join as their models land.
+//! [`Builtin`] registers every built-in node type under its ComfyUI name: primitives, empty
+//! latents, images and PNG load/save, and the Flux nodes (`UnetLoaderGGUF`, `DualCLIPLoaderGGUF`,
+//! `CLIPTextEncode`, `KSampler`, `VAEDecode` …; see [`loaders`], [`text_nodes`], [`conditioning`],
+//! [`sampler`], [`vae_nodes`]).
 use burn::tensor::backend::Backend;
 use weft_engine::registry::{NodeRegistry, Plugin};
 

@@ -27,6 +27,8 @@ pub enum BenchCommand {
     /// Write a synthetic GGUF of about SIZE_MB with city96's mix of tensor types (random values),
     /// for `bench offload`.
     Synth(super::bench_offload::SynthArgs),
+    /// Time burn-cuda's matmul against weft's cuBLASLt path (TFLOP/s) and check that they agree.
+    Gemm(crate::device::bench::GemmArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -54,6 +56,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Offload(args) => super::bench_offload::run_offload(args),
         BenchCommand::Synth(args) => super::bench_offload::run_synth(args),
+        BenchCommand::Gemm(args) => crate::device::bench::run_gemm(args),
     }
 }
 

@@ -1,0 +1,267 @@
+//! `weft bench gemm`: burn-cuda's matmul against weft's cuBLASLt path ([`super::gemm`]) on the
+//! same tensors, with TFLOP/s and the largest difference between the two results. Its peer for
+//! docs/BENCHMARKS.md is tools/bench_gemm_torch.py (torch bf16 matmul, same shapes).
+use super::layout::gemm_flops;
+use anyhow::bail;
+use clap::Args;
+use serde::Serialize;
+
+/// Shapes of `weft bench gemm` when none is given, as `(M, K, N)`: Flux's MLP up-projection at
+/// 1024² (4608 tokens, 3072 → 12288) and 8192³.
+pub const DEFAULT_SHAPES: [(usize, usize, usize); 2] = [(4608, 3072, 12288), (8192, 8192, 8192)];
+
+#[derive(Args, Debug)]
+pub struct GemmArgs {
+    /// `cuda:N` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cuda:0")]
+    pub device: String,
+    /// Rows of A and C (with --k and --n: one shape instead of the defaults).
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// Columns of B and C.
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// The inner dimension.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// bf16 or f16.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Timed products per measurement (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One shape's measurements (milliseconds per product).
+#[derive(Debug, Serialize)]
+pub struct GemmRow {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub dtype: String,
+    pub iters: usize,
+    /// burn-cuda's `a.matmul(b)`, queued back to back.
+    pub burn_ms: f64,
+    /// weft, products queued back to back, one wait at the end (the GEMM's own speed).
+    pub weft_ms: f64,
+    /// weft's `matmul`, which waits for burn before and for the GEMM after every product.
+    pub weft_synced_ms: f64,
+    /// weft `x · Wᵀ + bias` with W stored [N, K] (transpose flag + bias epilogue), back to back.
+    pub weft_linear_bias_ms: f64,
+    /// max |weft − burn| over C = A·B, and max |burn| for scale.
+    pub max_abs_diff: f32,
+    pub max_abs_ref: f32,
+    /// max |weft linear − burn's x.matmul(wᵀ) + bias|.
+    pub linear_bias_max_abs_diff: f32,
+}
+
+impl GemmRow {
+    pub fn tflops(&self, ms: f64) -> f64 {
+        gemm_flops(self.m, self.k, self.n) / (ms * 1e-3) / 1e12
+    }
+}
+
+/// Parses `cuda:N`.
+pub fn cuda_index(device: &str) -> Option<usize> {
+    device.strip_prefix("cuda:").and_then(|i| i.parse().ok())
+}
+
+/// The shapes to run: the one given by --m/--k/--n, or the defaults.
+pub fn shapes(args: &GemmArgs) -> anyhow::Result<Vec<(usize, usize, usize)>> {
+    match (args.m, args.k, args.n) {
+        (None, None, None) => Ok(DEFAULT_SHAPES.to_vec()),
+        (Some(m), Some(k), Some(n)) if m > 0 && k > 0 && n > 0 => Ok(vec![(m, k, n)]),
+        _ => bail!("give all of --m, --k, --n (each > 0), or none"),
+    }
+}
+
+pub fn run_gemm(args: GemmArgs) -> anyhow::Result<()> {
+    let Some(index) = cuda_index(&args.device) else { bail!("--device {}: expected cuda:N", args.device) };
+    if !matches!(args.dtype.as_str(), "bf16" | "f16") {
+        bail!("--dtype {}: expected bf16 or f16", args.dtype);
+    }
+    let shapes = shapes(&args)?;
+    let rows = cuda::measure(index, &shapes, &args.dtype, args.iters.max(1))?;
+    if args.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("burn_tflops".into(), r.tflops(r.burn_ms).into());
+                    o.insert("weft_tflops".into(), r.tflops(r.weft_ms).into());
+                    o.insert("weft_synced_tflops".into(), r.tflops(r.weft_synced_ms).into());
+                    o.insert("weft_linear_bias_tflops".into(), r.tflops(r.weft_linear_bias_ms).into());
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"device": args.device, "rows": rows}))?);
+        return Ok(());
+    }
+    println!("GEMM on {} ({}, M x K x N, ms per product and TFLOP/s, {} iterations)", args.device, args.dtype, args.iters);
+    println!(
+        "{:>20} {:>16} {:>16} {:>16} {:>18} {:>12} {:>10} {:>12}",
+        "shape", "burn", "weft", "weft synced", "weft x·Wᵀ+bias", "max|diff|", "max|C|", "lin |diff|"
+    );
+    for r in &rows {
+        let cell = |ms: f64| format!("{ms:.3} ({:.0})", r.tflops(ms));
+        println!(
+            "{:>20} {:>16} {:>16} {:>16} {:>18} {:>12.4} {:>10.2} {:>12.4}",
+            format!("{}x{}x{}", r.m, r.k, r.n),
+            cell(r.burn_ms),
+            cell(r.weft_ms),
+            cell(r.weft_synced_ms),
+            cell(r.weft_linear_bias_ms),
+            r.max_abs_diff,
+            r.max_abs_ref,
+            r.linear_bias_max_abs_diff
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::GemmRow;
+    use crate::device::gemm::CudaGemm;
+    use crate::patcher::cuda::CudaBackend;
+    use anyhow::{Context, bail};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
+    use std::time::Instant;
+
+    type T2 = Tensor<CudaBackend, 2>;
+
+    fn max_abs<const D: usize>(x: Tensor<CudaBackend, D>) -> f32 {
+        x.cast(DType::F32).abs().max().into_scalar().elem::<f32>()
+    }
+
+    pub fn measure(index: usize, shapes: &[(usize, usize, usize)], dtype: &str, iters: usize) -> anyhow::Result<Vec<GemmRow>> {
+        let dt = if dtype == "f16" { DType::F16 } else { DType::BF16 };
+        let gemm = CudaGemm::new(index).with_context(|| format!("cuda:{index}"))?;
+        let dev = gemm.device().clone();
+        let sync = || CudaBackend::sync(&dev).map_err(|e| anyhow::anyhow!("sync: {e:?}"));
+        let mut rows = Vec::new();
+        for &(m, k, n) in shapes {
+            let rand = |shape: [usize; 2]| T2::random(shape, Distribution::Uniform(-1.0, 1.0), &dev).cast(dt);
+            let (a, b, w) = (rand([m, k]), rand([k, n]), rand([n, k]));
+            let bias = Tensor::<CudaBackend, 1>::random([n], Distribution::Uniform(-1.0, 1.0), &dev).cast(dt);
+            sync()?;
+
+            // burn-cuda's own matmul, back to back.
+            let time_burn = || -> anyhow::Result<f64> {
+                for _ in 0..3 {
+                    drop(a.clone().matmul(b.clone()));
+                }
+                sync()?;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    drop(a.clone().matmul(b.clone()));
+                }
+                sync()?;
+                Ok(start.elapsed().as_secs_f64() * 1e3 / iters as f64)
+            };
+            let burn_ms = time_burn()?;
+
+            // weft, queued back to back (outputs kept until the wait: their buffers are in use).
+            let batched = |x: &T2, y: &T2, bias: Option<&Tensor<CudaBackend, 1>>| -> anyhow::Result<f64> {
+                let run = |count: usize| -> anyhow::Result<f64> {
+                    let start = Instant::now();
+                    let mut outs = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        match gemm.enqueue(x, y, bias)? {
+                            Ok(out) => outs.push(out),
+                            Err(reason) => bail!("cuBLASLt path not taken: {reason}"),
+                        }
+                    }
+                    gemm.wait()?;
+                    let elapsed = start.elapsed().as_secs_f64();
+                    drop(outs);
+                    Ok(elapsed * 1e3 / count as f64)
+                };
+                run(3)?;
+                run(iters)
+            };
+            let weft_ms = batched(&a, &b, None)?;
+            let wt = w.clone().transpose();
+            let weft_linear_bias_ms = batched(&a, &wt, Some(&bias))?;
+
+            // weft's `matmul`: waits on both sides of every product.
+            for _ in 0..3 {
+                drop(gemm.matmul(a.clone(), b.clone())?);
+            }
+            let start = Instant::now();
+            for _ in 0..iters {
+                drop(gemm.matmul(a.clone(), b.clone())?);
+            }
+            sync()?;
+            let weft_synced_ms = start.elapsed().as_secs_f64() * 1e3 / iters as f64;
+
+            // Agreement with burn, computed on the device.
+            let reference = a.clone().matmul(b.clone());
+            let ours = gemm.matmul(a.clone(), b.clone())?;
+            let max_abs_ref = max_abs(reference.clone());
+            let max_abs_diff = max_abs(ours.cast(DType::F32) - reference.cast(DType::F32));
+            let reference = a.clone().matmul(wt.clone()) + bias.clone().unsqueeze_dim(0);
+            let ours = gemm.linear(a.clone(), w.clone(), Some(bias.clone()))?;
+            let linear_bias_max_abs_diff = max_abs(ours.cast(DType::F32) - reference.cast(DType::F32));
+            sync()?;
+
+            rows.push(GemmRow {
+                m,
+                k,
+                n,
+                dtype: dtype.to_string(),
+                iters,
+                burn_ms,
+                weft_ms,
+                weft_synced_ms,
+                weft_linear_bias_ms,
+                max_abs_diff,
+                max_abs_ref,
+                linear_bias_max_abs_diff,
+            });
+            eprintln!("{m}x{k}x{n}: done");
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::GemmRow;
+    pub fn measure(index: usize, _shapes: &[(usize, usize, usize)], _dtype: &str, _iters: usize) -> anyhow::Result<Vec<GemmRow>> {
+        anyhow::bail!("--device cuda:{index}: this weft was built without CUDA; build it with `--features weft-nodes/cuda`")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(m: Option<usize>, k: Option<usize>, n: Option<usize>) -> GemmArgs {
+        GemmArgs { device: "cuda:0".into(), m, n, k, dtype: "bf16".into(), iters: 1, json: false }
+    }
+
+    #[test]
+    fn shapes_and_devices() {
+        assert_eq!(shapes(&args(None, None, None)).unwrap(), DEFAULT_SHAPES.to_vec());
+        assert_eq!(shapes(&args(Some(2), Some(3), Some(4))).unwrap(), vec![(2, 3, 4)]);
+        assert!(shapes(&args(Some(2), None, Some(4))).is_err());
+        assert!(shapes(&args(Some(0), Some(3), Some(4))).is_err());
+        assert_eq!(cuda_index("cuda:1"), Some(1));
+        assert_eq!(cuda_index("cpu"), None);
+    }
+
+    #[test]
+    fn tflops_of_a_row() {
+        let row = GemmRow {
+            m: 8192, k: 8192, n: 8192, dtype: "bf16".into(), iters: 1, burn_ms: 1.0, weft_ms: 1.0, weft_synced_ms: 1.0,
+            weft_linear_bias_ms: 1.0, max_abs_diff: 0.0, max_abs_ref: 0.0, linear_bias_max_abs_diff: 0.0,
+        };
+        assert!((row.tflops(1.0) - 1099.5).abs() < 0.1);
+    }
+}
