@@ -50,11 +50,10 @@ pub fn image_to_bitmaps<B: Backend>(image: Tensor<B, 4>) -> Result<Vec<Bitmap>, 
         .collect())
 }
 
-/// Text `SaveImage` embeds in every PNG it writes, as (keyword, text) chunks: what made the image
-/// (ComfyUI writes `prompt` and `workflow`), so that it can be traced back and run again. Whoever
-/// runs the executor puts one in the run's services (`RunEnv::services`); without one, none is written.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PngTextChunks(pub Vec<(String, String)>);
+/// The run's text that `SaveImage` embeds as PNG text chunks: the engine's
+/// [`RunMetadata`](weft_engine::node::RunMetadata)
+/// (`weft run` fills it with the workflow and the command that reproduces the run).
+pub use weft_engine::node::RunMetadata as PngTextChunks;
 
 /// Encodes a bitmap as PNG.
 pub fn encode_png(bitmap: &Bitmap) -> Result<Vec<u8>, NodeError> {

@@ -209,3 +209,46 @@ fn ctrl_c_stops_the_run_at_the_next_step_and_writes_nothing() {
     assert!(rest.contains("cancelled at node \"slow\""), "{rest}");
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "nothing may be written after a cancel");
 }
+
+/// Issue 5: a saved image carries the workflow and the command that reproduces its run.
+#[test]
+fn saved_images_embed_the_workflow_and_the_command_that_reproduces_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("images");
+    let flow = repo_root().join("workflows/blend-swatches.ron");
+    let output = weft()
+        .arg("run")
+        .arg(&flow)
+        .args(["--set", "mix.blend_factor=0.25", "--sweep", "mix.blend_mode=screen,multiply", "--output-dir"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output).1);
+    let second = std::fs::read(out.join("swatches/blend_00002_.png")).unwrap();
+    let chunks = weft_nodes::image_io::read_png_text(&second).unwrap();
+    let get = |key: &str| chunks.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!(get("workflow"), std::fs::read_to_string(&flow).unwrap());
+    let command = get("parameters");
+    assert!(command.contains("--set mix.blend_factor=0.25") && command.contains("--set mix.blend_mode=multiply"), "{command}");
+    assert!(get("software").starts_with("weft "));
+}
+
+/// Issue 5: model folders come from --models-dir and WEFT_MODELS_DIR; a missing model names
+/// every place looked at.
+#[test]
+fn models_dir_from_the_environment_is_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = write(
+        dir.path(),
+        "load.ron",
+        r#"Workflow(version: 1, nodes: {
+            "unet": (type: "UnetLoaderGGUF", params: { "unet_name": "absent-model.gguf" }),
+            "off": (type: "OffloadModel", inputs: { "model": "unet" }),
+        })"#,
+    );
+    let models = dir.path().join("my-models");
+    let output = weft().arg("run").arg(&flow).env("WEFT_MODELS_DIR", &models).arg("--output-dir").arg(dir.path()).output().unwrap();
+    let (_, stderr) = text(&output);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&models.join("diffusion_models").join("absent-model.gguf").display().to_string()), "{stderr}");
+}

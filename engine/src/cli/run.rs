@@ -5,7 +5,7 @@ use super::CliBackend;
 use super::progress::Renderer;
 use crate::exec::{CancelToken, ExecError, Executor, RunReport};
 use crate::graph::{Assignment, Graph, Sweep, Workflow, WorkflowError};
-use crate::node::RunEnv;
+use crate::node::{RunEnv, RunMetadata};
 use crate::registry::{NodeRegistry, Plugins};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -26,7 +26,8 @@ pub(super) struct RunArgs {
     /// Where output nodes write their files.
     #[arg(long, value_name = "DIR", default_value = "output")]
     output_dir: PathBuf,
-    /// A model folder in ComfyUI's layout (repeatable; searched in order).
+    /// A model folder in ComfyUI's layout (repeatable; searched in order, then the folders in
+    /// WEFT_MODELS_DIR, separated like PATH).
     #[arg(long = "models-dir", value_name = "DIR")]
     models_dir: Vec<PathBuf>,
     #[command(flatten)]
@@ -68,7 +69,12 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
     }
 
     let base_dir = args.file.parent().map(PathBuf::from).unwrap_or_default();
-    let mut env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs: args.models_dir, ..RunEnv::default() };
+    let mut models_dirs = args.models_dir;
+    if let Some(list) = std::env::var_os(MODELS_DIR_VAR) {
+        models_dirs.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+    }
+    let workflow_text = std::fs::read_to_string(&args.file).unwrap_or_default();
+    let mut env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs, ..RunEnv::default() };
     let policy = args.memory.policy().map_err(anyhow::Error::msg)?;
     let device = std::sync::Arc::new(crate::patcher::BurnDevice::<CliBackend>::host(Default::default()));
     env.services.insert(std::sync::Arc::new(crate::memory::MemoryManager::<CliBackend>::new(device, policy)));
@@ -78,10 +84,11 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
     let renderer = Renderer::new();
     let count = variants.len();
     for (i, (combination, graph)) in variants.iter().enumerate() {
+        let overrides: Vec<String> = combination.iter().map(Assignment::to_arg).collect();
         if count > 1 {
-            let args: Vec<String> = combination.iter().map(Assignment::to_arg).collect();
-            println!("run {}/{count}: {}", i + 1, args.join(" "));
+            println!("run {}/{count}: {}", i + 1, overrides.join(" "));
         }
+        executor.env_mut().services.insert(std::sync::Arc::new(run_metadata(&args.file, &workflow_text, &args.set, &overrides)));
         match executor.run(graph, &renderer, &cancel) {
             Ok(report) => {
                 println!("{}", summary(&report));
@@ -98,6 +105,22 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `WEFT_MODELS_DIR` names extra model folders.
+const MODELS_DIR_VAR: &str = "WEFT_MODELS_DIR";
+
+/// The text outputs embed: the workflow file, and the command that reproduces this run.
+fn run_metadata(file: &std::path::Path, workflow: &str, set: &[String], sweep_values: &[String]) -> RunMetadata {
+    let mut command = format!("weft run {}", file.display());
+    for assignment in set.iter().chain(sweep_values) {
+        command.push_str(&format!(" --set {assignment}"));
+    }
+    RunMetadata(vec![
+        ("workflow".to_string(), workflow.to_string()),
+        ("parameters".to_string(), command),
+        ("software".to_string(), format!("weft {}", env!("CARGO_PKG_VERSION"))),
+    ])
 }
 
 /// `ran 2 (sampler, save), cached 3 (loader, clip, prompt), skipped 1 (unused) in 1.20s`.

@@ -49,6 +49,12 @@ impl Services {
     }
 }
 
+/// Text that describes a run, for outputs that record where they came from: `SaveImage` embeds
+/// each pair as a PNG text chunk (ComfyUI writes `prompt` and `workflow`). `weft run` puts the
+/// workflow file's text and the command line that reproduces the run here, in the run's services.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunMetadata(pub Vec<(String, String)>);
+
 static NO_EVENTS: NoEvents = NoEvents;
 
 /// What a node may use while it runs.
@@ -124,7 +130,8 @@ impl<'a, B: Backend> NodeContext<'a, B> {
             }
         }
         let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-        Err(NodeError::msg(format!("model file {name:?} not found; looked for {}", tried.join(", "))))
+        let hint = if self.env.models_dirs.is_empty() { " (no models folder set: use --models-dir DIR or WEFT_MODELS_DIR)" } else { "" };
+        Err(NodeError::msg(format!("model file {name:?} not found; looked for {}{hint}", tried.join(", "))))
     }
 
     /// `relative` inside the output folder; refuses absolute paths and `..` so that a workflow can

@@ -68,7 +68,7 @@ mod port;
 mod schema;
 mod value;
 
-pub use context::{Fingerprint, NodeContext, RunEnv, Services};
+pub use context::{Fingerprint, NodeContext, RunEnv, RunMetadata, Services};
 pub use io::{Inputs, Outputs};
 pub use param::{ParamKind, ParamMap, ParamProblem, ParamSpec, ParamValue};
 pub use port::PortType;
