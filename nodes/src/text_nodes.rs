@@ -235,7 +235,20 @@ impl<B: Backend> Node<B> for ClipLoader {
             (AnyClipLoaderParams::Single(p), false) => TextEncoders::clip_l(open(&p.clip_name)?)?,
             _ => return Err(NodeError::Params(format!("{}: clip_name or clip_name1/clip_name2 missing", self.name))),
         };
-        Ok(Outputs::one(Value::Object(weft_engine::node::Object::new(PortType::CLIP, encoders))))
+        // Text encoders leave the device once the run's last encode node has finished
+        // (through the memory manager when there is one, so its LRU stays true).
+        let encoders = Arc::new(encoders);
+        let manager = weft_engine::memory::MemoryManager::<B>::from_services(&ctx.env().services);
+        let held = encoders.clone();
+        let object = weft_engine::node::Object::from_arc(PortType::CLIP, encoders).release_after_last_use(move || {
+            for patcher in held.patchers() {
+                match &manager {
+                    Some(manager) => drop(manager.release(patcher)),
+                    None => drop(patcher.offload()),
+                }
+            }
+        });
+        Ok(Outputs::one(Value::Object(object)))
     }
 }
 

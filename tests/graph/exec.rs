@@ -168,6 +168,26 @@ fn plugin_defined_types_flow_between_nodes() {
     assert_eq!(h.probe.take_recorded(), [("out".to_owned(), 42)]);
 }
 
+/// Issue 7: an object's release hook (a text encoder's weights) runs once its last consumer in
+/// the run has finished — not after the first consumer, and not never.
+#[test]
+fn objects_are_released_after_their_last_consumer() {
+    let mut h = Harness::new();
+    h.run(&workflow(
+        r#"
+        "a": (type: "TestConst", params: { "value": 20 }),
+        "b": (type: "TestConst", params: { "value": 22 }),
+        "pair": (type: "TestMakePair", inputs: { "a": "a", "b": "b" }),
+        "first": (type: "TestPairSum", inputs: { "pair": "pair" }),
+        "second": (type: "TestPairDiff", inputs: { "pair": "pair" }),
+        "total": (type: "TestAdd", inputs: { "a": "first", "b": "second" }),
+        "out": (type: "TestRecord", inputs: { "value": "total" }),
+        "#,
+    ));
+    assert_eq!(h.probe.take_order(), ["a", "b", "pair", "first", "second", "released pair", "total", "out"]);
+    assert_eq!(h.probe.take_recorded(), [("out".to_owned(), 40)]);
+}
+
 #[test]
 fn a_failing_node_is_named_with_its_type_and_stops_the_run() {
     let mut h = Harness::new();

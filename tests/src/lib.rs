@@ -87,6 +87,7 @@ impl Plugin for TestPlugin {
             .register(TestFileSize(probe()))
             .register(TestMakePair(probe()))
             .register(TestPairSum(probe()))
+            .register(TestPairDiff(probe()))
             .register(TestBadOutputs(probe()));
     }
 }
@@ -283,7 +284,10 @@ impl<Bk: Backend> Node<Bk> for TestMakePair {
     }
     fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
-        Ok(Outputs::one(Value::Object(Object::new(PAIR, Pair(inputs.int("a")?, inputs.int("b")?)))))
+        // Records its release (after its last consumer) in the run order, as "released <id>".
+        let (probe, released) = (self.0.clone(), format!("released {}", ctx.node_id()));
+        let pair = Object::new(PAIR, Pair(inputs.int("a")?, inputs.int("b")?)).release_after_last_use(move || probe.ran(&released));
+        Ok(Outputs::one(Value::Object(pair)))
     }
 }
 
@@ -298,6 +302,20 @@ impl<Bk: Backend> Node<Bk> for TestPairSum {
         self.0.ran(ctx.node_id());
         let pair = inputs.object::<Pair>("pair")?;
         Ok(Outputs::one(Value::Int(pair.0 + pair.1)))
+    }
+}
+
+/// `TestPairDiff`: the difference of a `TEST_PAIR` (a second, distinct consumer of one pair).
+struct TestPairDiff(Arc<Probe>);
+impl<Bk: Backend> Node<Bk> for TestPairDiff {
+    type Params = NoParams;
+    fn schema(&self) -> NodeSchema {
+        NodeSchema::new("TestPairDiff").category("test").input("pair", PAIR).output("INT", PortType::INT)
+    }
+    fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+        self.0.ran(ctx.node_id());
+        let pair = inputs.object::<Pair>("pair")?;
+        Ok(Outputs::one(Value::Int(pair.0 - pair.1)))
     }
 }
 

@@ -163,7 +163,8 @@ impl<B: Backend> Executor<B> {
 
         let mut computed: Computed<B> = HashMap::new();
         self.last_signatures.clear();
-        for &index in &plan {
+        let last_use = last_consumers(graph, &plan);
+        for (position, &index) in plan.iter().enumerate() {
             let node = graph.node_at(index);
             let step = if cancel.is_cancelled() {
                 Err(ExecError::Cancelled { node_id: Some(node.id.clone()) })
@@ -178,6 +179,7 @@ impl<B: Backend> Executor<B> {
                     }
                     self.last_signatures.insert(node.id.clone(), signature);
                     computed.insert(index, (signature, outputs));
+                    release_unused(graph, &last_use, position, &computed);
                 }
                 Err(error) => {
                     events.event(&failure_event(&error));
@@ -264,6 +266,33 @@ impl<B: Backend> Executor<B> {
             self.cache.insert(signature, outputs.clone(), run);
         }
         Ok((signature, outputs, Some(duration)))
+    }
+}
+
+/// For every planned node, the plan position of its last consumer in the plan (nodes nobody in the
+/// plan consumes are absent).
+fn last_consumers<B: Backend>(graph: &Graph<B>, plan: &[NodeIndex]) -> HashMap<NodeIndex, usize> {
+    let mut last = HashMap::new();
+    for (position, &index) in plan.iter().enumerate() {
+        for (source, _) in graph.incoming(index) {
+            last.insert(source, position);
+        }
+    }
+    last
+}
+
+/// Calls the release hooks of the objects whose last consumer in this run just finished (the
+/// node at `position`): e.g. a text encoder's weights leave the device before sampling.
+fn release_unused<B: Backend>(graph: &Graph<B>, last_use: &HashMap<NodeIndex, usize>, position: usize, computed: &Computed<B>) {
+    for (&source, _) in last_use.iter().filter(|&(_, &p)| p == position) {
+        let Some((_, outputs)) = computed.get(&source) else { continue };
+        for value in outputs.iter() {
+            if let Value::Object(object) = value
+                && object.release_if_unused()
+            {
+                tracing::info!(node = %graph.node_at(source).id, "released {} after its last use", object.port_type());
+            }
+        }
     }
 }
 

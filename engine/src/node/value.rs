@@ -127,22 +127,38 @@ impl<B: Backend> Clone for ConditioningEntry<B> {
 }
 
 /// A shared, immutable handle to any value, tagged with its port type: how models (`MODEL`, `CLIP`,
-/// `VAE`) and plugin-defined types travel. The executor never looks inside.
+/// `VAE`) and plugin-defined types travel. The executor never looks inside; it only calls the
+/// release hook a producer attached ([`Object::release_after_last_use`]).
 #[derive(Clone)]
 pub struct Object {
     port_type: PortType,
     inner: Arc<dyn Any + Send + Sync>,
+    release: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Object {
     /// Wraps `value` as a value of `port_type`.
     pub fn new<T: Any + Send + Sync>(port_type: PortType, value: T) -> Self {
-        Object { port_type, inner: Arc::new(value) }
+        Object { port_type, inner: Arc::new(value), release: None }
     }
 
     /// Wraps an existing shared handle (keeps one allocation where the value is already shared).
     pub fn from_arc<T: Any + Send + Sync>(port_type: PortType, value: Arc<T>) -> Self {
-        Object { port_type, inner: value }
+        Object { port_type, inner: value, release: None }
+    }
+
+    /// Attaches `release`, which gives back what the value holds on the device (a text encoder's
+    /// weights) once a run no longer needs it: the executor calls it after the value's last consumer
+    /// in a run has finished (ComfyUI frees text encoders this way before sampling). The value
+    /// itself stays valid and cached; using it again loads it again.
+    pub fn release_after_last_use(mut self, release: impl Fn() + Send + Sync + 'static) -> Self {
+        self.release = Some(Arc::new(release));
+        self
+    }
+
+    /// Runs the release hook, if the producer attached one; returns whether there was one.
+    pub fn release_if_unused(&self) -> bool {
+        self.release.as_ref().map(|release| release()).is_some()
     }
 
     /// The port type the object was created with.
