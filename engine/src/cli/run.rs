@@ -1,15 +1,20 @@
-//! `weft run FILE [--set node.param=value]... [--sweep node.param=v1,v2,...] [--output-dir DIR]`:
-//! validates every variant first, then runs them in one process so that cached upstream work is
-//! reused, printing which nodes ran and which were cached. Ctrl-C stops at the next node or step.
+//! `weft run FILE [--set node.param=value]... [--sweep node.param=v1,v2,...] [--output-dir DIR]
+//! [--device cpu|cuda:N]`: validates every variant first, then runs them in one process so that
+//! cached upstream work is reused, printing which nodes ran and which were cached. Ctrl-C stops at
+//! the next node or step. `--device` picks the backend: burn-flex on the CPU (default), or
+//! burn-cuda (feature `cuda`) with weights uploaded through the registered-mapping path.
 use super::CliBackend;
 use super::progress::Renderer;
 use crate::exec::{CancelToken, ExecError, Executor, RunReport};
 use crate::graph::{Assignment, Graph, Sweep, Workflow, WorkflowError};
 use crate::node::{RunEnv, RunMetadata};
+use crate::patcher::WeightDevice;
 use crate::registry::{NodeRegistry, Plugins};
 use anyhow::Context;
+use burn::tensor::backend::Backend;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Arguments of `weft run`.
 #[derive(clap::Args, Debug)]
@@ -30,6 +35,9 @@ pub(super) struct RunArgs {
     /// WEFT_MODELS_DIR, separated like PATH).
     #[arg(long = "models-dir", value_name = "DIR")]
     models_dir: Vec<PathBuf>,
+    /// Where the workflow runs: `cpu` (burn-flex) or `cuda:N` (burn-cuda; needs the `cuda` feature).
+    #[arg(long, value_name = "cpu|cuda:N", default_value = "cpu")]
+    device: RunDevice,
     #[command(flatten)]
     memory: crate::memory::MemoryArgs,
 }
@@ -37,8 +45,56 @@ pub(super) struct RunArgs {
 /// The exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_CANCELLED: u8 = 130;
 
+/// The value of `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RunDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for RunDevice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(RunDevice::Cpu),
+            "cuda" => Ok(RunDevice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(RunDevice::Cuda)
+                .ok_or_else(|| format!("\"{s}\" is not a device: expected cpu or cuda:N")),
+        }
+    }
+}
+
 pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitCode> {
-    let registry = NodeRegistry::<CliBackend>::from_plugins(plugins).context("registering node plugins")?;
+    match args.device {
+        RunDevice::Cpu => {
+            let device = Arc::new(crate::patcher::BurnDevice::<CliBackend>::host(Default::default()));
+            run_on::<CliBackend>(args, plugins, Default::default(), device)
+        }
+        RunDevice::Cuda(index) => run_cuda(args, plugins, index),
+    }
+}
+
+/// burn-cuda without fusion, weights uploaded from the registered mapping.
+#[cfg(feature = "cuda")]
+fn run_cuda(args: RunArgs, plugins: &impl Plugins, index: usize) -> anyhow::Result<ExitCode> {
+    use crate::patcher::cuda::{CudaBackend, CudaWeightDevice};
+    let device = CudaWeightDevice::new(index, crate::weights::MmapCache::global()).context("--device")?;
+    let burn_device = device.device().clone();
+    run_on::<CudaBackend>(args, plugins, burn_device, Arc::new(device))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: RunArgs, _: &impl Plugins, index: usize) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("--device cuda:{index}: this weft was built without the `cuda` feature (cargo build --features weft-nodes/cuda)")
+}
+
+/// Validates and runs the workflow on backend `B`, weights going to `weights`.
+fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, weights: Arc<dyn WeightDevice<B>>) -> anyhow::Result<ExitCode> {
+    let registry = NodeRegistry::<B>::from_plugins(plugins).context("registering node plugins")?;
     let mut workflow = match Workflow::load(&args.file) {
         Ok(workflow) => workflow,
         Err(WorkflowError::Invalid(report)) => {
@@ -76,9 +132,8 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
     let workflow_text = std::fs::read_to_string(&args.file).unwrap_or_default();
     let mut env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs, ..RunEnv::default() };
     let policy = args.memory.policy().map_err(anyhow::Error::msg)?;
-    let device = std::sync::Arc::new(crate::patcher::BurnDevice::<CliBackend>::host(Default::default()));
-    env.services.insert(std::sync::Arc::new(crate::memory::MemoryManager::<CliBackend>::new(device, policy)));
-    let mut executor = Executor::<CliBackend>::new(Default::default(), env);
+    env.services.insert(Arc::new(crate::memory::MemoryManager::<B>::new(weights, policy)));
+    let mut executor = Executor::<B>::new(device, env);
     let cancel = CancelToken::new();
     install_ctrl_c(cancel.clone());
     let renderer = Renderer::new();
@@ -88,7 +143,7 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
         if count > 1 {
             println!("run {}/{count}: {}", i + 1, overrides.join(" "));
         }
-        executor.env_mut().services.insert(std::sync::Arc::new(run_metadata(&args.file, &workflow_text, &args.set, &overrides)));
+        executor.env_mut().services.insert(Arc::new(run_metadata(&args.file, &workflow_text, &args.set, &overrides)));
         match executor.run(graph, &renderer, &cancel) {
             Ok(report) => {
                 println!("{}", summary(&report));
