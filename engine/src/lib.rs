@@ -2,11 +2,11 @@
 pub mod cli;
 /// The model-file layer (the `weft-formats` crate), re-exported.
 pub use weft_formats as formats;
-pub mod weights;
+pub mod device;
 pub mod exec;
 pub mod graph;
-pub mod node;
-pub mod registry;
 pub mod memory;
+pub mod node;
 pub mod patcher;
-pub mod device;
+pub mod registry;
+pub mod weights;

@@ -38,7 +38,9 @@
 //! let registry = NodeRegistry::<burn::backend::Flex>::from_plugins(&MyPlugin).unwrap();
 //! assert_eq!(registry.get("Answer").unwrap().plugin, "my-nodes");
 //! ```
-use crate::node::{Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamMap, PortType};
+use crate::node::{
+    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamMap, PortType,
+};
 use burn::tensor::backend::Backend;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -102,13 +104,27 @@ pub trait DynNode<B: Backend>: Send + Sync {
     /// Deserializes `params` into the node's `Params`, to catch a schema that disagrees with its struct.
     fn check_params(&self, params: &ParamMap) -> Result<(), NodeError>;
     /// [`Node::fingerprint`] on deserialized parameters.
-    fn fingerprint(&self, params: &ParamMap, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError>;
+    fn fingerprint(
+        &self,
+        params: &ParamMap,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError>;
     /// [`Node::run`] on deserialized parameters.
-    fn run(&self, params: &ParamMap, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError>;
+    fn run(
+        &self,
+        params: &ParamMap,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError>;
 }
 
 fn typed_params<P: serde::de::DeserializeOwned>(params: &ParamMap) -> Result<P, NodeError> {
-    let json = serde_json::Value::Object(params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect());
+    let json = serde_json::Value::Object(
+        params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect(),
+    );
     serde_json::from_value(json).map_err(|e| NodeError::Params(e.to_string()))
 }
 
@@ -116,10 +132,19 @@ impl<B: Backend, N: Node<B>> DynNode<B> for N {
     fn check_params(&self, params: &ParamMap) -> Result<(), NodeError> {
         typed_params::<N::Params>(params).map(drop)
     }
-    fn fingerprint(&self, params: &ParamMap, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &ParamMap,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Node::fingerprint(self, &typed_params(params)?, ctx)
     }
-    fn run(&self, params: &ParamMap, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: &ParamMap,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         Node::run(self, typed_params(params)?, inputs, ctx)
     }
 }
@@ -174,7 +199,12 @@ impl<B: Backend> NodeRegistry<B> {
                 (t.name().to_owned(), registered)
             })
             .collect();
-        NodeRegistry { nodes: BTreeMap::new(), types, problems: Vec::new(), current_plugin: String::new() }
+        NodeRegistry {
+            nodes: BTreeMap::new(),
+            types,
+            problems: Vec::new(),
+            current_plugin: String::new(),
+        }
     }
 
     /// A registry filled by `plugins`, or every conflict they caused.
@@ -182,7 +212,13 @@ impl<B: Backend> NodeRegistry<B> {
         let mut registry = Self::new();
         plugins.build_all(&mut registry);
         registry.check_types();
-        if registry.problems.is_empty() { Ok(registry) } else { Err(RegistryError { problems: registry.problems }) }
+        if registry.problems.is_empty() {
+            Ok(registry)
+        } else {
+            Err(RegistryError {
+                problems: registry.problems,
+            })
+        }
     }
 
     /// Registers a node type under its schema's name.
@@ -196,8 +232,11 @@ impl<B: Backend> NodeRegistry<B> {
             ));
             return self;
         }
-        let registered =
-            RegisteredNode { schema: Arc::new(schema), plugin: self.current_plugin.clone(), node: Arc::new(node) };
+        let registered = RegisteredNode {
+            schema: Arc::new(schema),
+            plugin: self.current_plugin.clone(),
+            node: Arc::new(node),
+        };
         self.nodes.insert(name, registered);
         self
     }
@@ -223,7 +262,11 @@ impl<B: Backend> NodeRegistry<B> {
     fn check_types(&mut self) {
         for node in self.nodes.values() {
             let schema = &node.schema;
-            let used = schema.inputs.iter().map(|i| &i.port_type).chain(schema.outputs.iter().map(|o| &o.port_type));
+            let used = schema
+                .inputs
+                .iter()
+                .map(|i| &i.port_type)
+                .chain(schema.outputs.iter().map(|o| &o.port_type));
             for port_type in used {
                 if !self.types.contains_key(port_type.name()) {
                     self.problems.push(format!(
@@ -260,7 +303,12 @@ impl<B: Backend> NodeRegistry<B> {
     pub fn self_check(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for node in self.nodes.values() {
-            let params: ParamMap = node.schema.params.iter().map(|p| (p.name.clone(), p.placeholder())).collect();
+            let params: ParamMap = node
+                .schema
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), p.placeholder()))
+                .collect();
             if let Err(e) = node.node.check_params(&params) {
                 problems.push(format!("node type \"{}\": {e}", node.schema.type_name));
             }
@@ -268,7 +316,10 @@ impl<B: Backend> NodeRegistry<B> {
                 if let Some(default) = &p.default
                     && let Err(e) = p.check(default)
                 {
-                    problems.push(format!("node type \"{}\": default of \"{}\": {e}", node.schema.type_name, p.name));
+                    problems.push(format!(
+                        "node type \"{}\": default of \"{}\": {e}",
+                        node.schema.type_name, p.name
+                    ));
                 }
             }
         }

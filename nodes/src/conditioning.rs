@@ -7,8 +7,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use weft_engine::formats::ModelFile;
 use weft_engine::node::{
-    Conditioning, ConditioningEntry, Fingerprint, Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec,
-    PortType, Value,
+    Conditioning, ConditioningEntry, Fingerprint, Inputs, NoParams, Node, NodeContext, NodeError,
+    NodeSchema, Outputs, ParamSpec, PortType, Value,
 };
 use weft_engine::registry::NodeRegistry;
 use weft_engine::weights::WeightSource;
@@ -21,8 +21,18 @@ pub const DEFAULT_FLUX_GUIDANCE: f64 = 3.5;
 pub const CONDITIONING_FOLDERS: &[&str] = &["conditioning"];
 
 /// One conditioning of one entry.
-pub fn single<B: Backend>(context: Tensor<B, 3>, pooled: Option<Tensor<B, 2>>, options: BTreeMap<String, f64>) -> Conditioning<B> {
-    Conditioning { entries: vec![ConditioningEntry { context, pooled, options }] }
+pub fn single<B: Backend>(
+    context: Tensor<B, 3>,
+    pooled: Option<Tensor<B, 2>>,
+    options: BTreeMap<String, f64>,
+) -> Conditioning<B> {
+    Conditioning {
+        entries: vec![ConditioningEntry {
+            context,
+            pooled,
+            options,
+        }],
+    }
 }
 
 /// `LoadConditioning`: a text encoder's output computed elsewhere (T5 context, CLIP pooled),
@@ -56,11 +66,20 @@ impl<B: Backend> Node<B> for LoadConditioning {
             .output("CONDITIONING", PortType::CONDITIONING)
     }
 
-    fn fingerprint(&self, params: &LoadConditioningParams, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &LoadConditioningParams,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Fingerprint::none().file(&ctx.find_model(CONDITIONING_FOLDERS, &params.file)?)
     }
 
-    fn run(&self, params: LoadConditioningParams, _: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: LoadConditioningParams,
+        _: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let path = ctx.find_model(CONDITIONING_FOLDERS, &params.file)?;
         let source = WeightSource::open(&path).map_err(NodeError::other)?;
         let file = source.file();
@@ -85,7 +104,11 @@ impl<B: Backend> Node<B> for LoadConditioning {
                 context.dims()[0]
             )));
         }
-        Ok(Outputs::one(Value::Conditioning(single(context, pooled, BTreeMap::new()))))
+        Ok(Outputs::one(Value::Conditioning(single(
+            context,
+            pooled,
+            BTreeMap::new(),
+        ))))
     }
 }
 
@@ -102,7 +125,10 @@ impl<B: Backend> Loaded<B> {
     }
 
     fn wrong(&self, expected: &str) -> NodeError {
-        NodeError::msg(format!("{} has shape {:?}, expected {expected}", self.origin, self.shape))
+        NodeError::msg(format!(
+            "{} has shape {:?}, expected {expected}",
+            self.origin, self.shape
+        ))
     }
 
     /// As `[batch, tokens, width]`; `lead` leading ones are added first.
@@ -125,10 +151,23 @@ impl<B: Backend> Loaded<B> {
     }
 }
 
-fn read<B: Backend>(file: &ModelFile, key: &str, device: &B::Device) -> Result<Loaded<B>, NodeError> {
+fn read<B: Backend>(
+    file: &ModelFile,
+    key: &str,
+    device: &B::Device,
+) -> Result<Loaded<B>, NodeError> {
     let info = file.tensor(key).ok_or_else(|| {
-        let names: Vec<&str> = file.tensors().iter().map(|t| t.name.as_str()).take(8).collect();
-        NodeError::msg(format!("{}: no tensor {key:?} (it has: {})", file.path().display(), names.join(", ")))
+        let names: Vec<&str> = file
+            .tensors()
+            .iter()
+            .map(|t| t.name.as_str())
+            .take(8)
+            .collect();
+        NodeError::msg(format!(
+            "{}: no tensor {key:?} (it has: {})",
+            file.path().display(),
+            names.join(", ")
+        ))
     })?;
     let values = file.dequantize(info).map_err(NodeError::other)?;
     let n = values.len();
@@ -161,7 +200,12 @@ impl<B: Backend> Node<B> for FluxGuidance {
             .output("CONDITIONING", PortType::CONDITIONING)
     }
 
-    fn run(&self, params: FluxGuidanceParams, inputs: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: FluxGuidanceParams,
+        inputs: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let mut conditioning = inputs.conditioning("conditioning")?;
         for entry in &mut conditioning.entries {
             entry.options.insert(GUIDANCE.to_owned(), params.guidance);
@@ -185,7 +229,12 @@ impl<B: Backend> Node<B> for ConditioningZeroOut {
             .output("CONDITIONING", PortType::CONDITIONING)
     }
 
-    fn run(&self, _: NoParams, inputs: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let mut conditioning = inputs.conditioning("conditioning")?;
         for entry in &mut conditioning.entries {
             entry.context = entry.context.zeros_like();
@@ -196,5 +245,8 @@ impl<B: Backend> Node<B> for ConditioningZeroOut {
 }
 
 pub(crate) fn register<B: Backend>(registry: &mut NodeRegistry<B>) {
-    registry.register(LoadConditioning).register(FluxGuidance).register(ConditioningZeroOut);
+    registry
+        .register(LoadConditioning)
+        .register(FluxGuidance)
+        .register(ConditioningZeroOut);
 }

@@ -32,15 +32,34 @@ impl<B: Backend> Node<B> for EmptyImage {
         NodeSchema::new("EmptyImage")
             .category("image")
             .describe("A batch of RGB images filled with one colour (0xRRGGBB).")
-            .param(ParamSpec::int("width").default(512).range(1, MAX_RESOLUTION))
-            .param(ParamSpec::int("height").default(512).range(1, MAX_RESOLUTION))
+            .param(
+                ParamSpec::int("width")
+                    .default(512)
+                    .range(1, MAX_RESOLUTION),
+            )
+            .param(
+                ParamSpec::int("height")
+                    .default(512)
+                    .range(1, MAX_RESOLUTION),
+            )
             .param(ParamSpec::int("batch_size").default(1).range(1, 4096))
-            .param(ParamSpec::int("color").default(0).range(0, 0xFF_FFFF).describe("0xRRGGBB"))
+            .param(
+                ParamSpec::int("color")
+                    .default(0)
+                    .range(0, 0xFF_FFFF)
+                    .describe("0xRRGGBB"),
+            )
             .output("IMAGE", PortType::IMAGE)
     }
 
-    fn run(&self, p: Self::Params, _: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
-        let size = |v: i64| usize::try_from(v).map_err(|_| NodeError::msg(format!("invalid size {v}")));
+    fn run(
+        &self,
+        p: Self::Params,
+        _: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
+        let size =
+            |v: i64| usize::try_from(v).map_err(|_| NodeError::msg(format!("invalid size {v}")));
         let (batch, height, width) = (size(p.batch_size)?, size(p.height)?, size(p.width)?);
         let channel = |shift: i64| ((p.color >> shift) & 0xFF) as f32 / 255.0;
         let rgb = Tensor::<B, 1>::from_floats([channel(16), channel(8), channel(0)], ctx.device());
@@ -64,7 +83,12 @@ impl<B: Backend> Node<B> for ImageInvert {
             .output("IMAGE", PortType::IMAGE)
     }
 
-    fn run(&self, _: NoParams, inputs: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let image = inputs.image("image")?;
         Ok(Outputs::one(Value::Image(image.neg().add_scalar(1.0))))
     }
@@ -74,7 +98,14 @@ impl<B: Backend> Node<B> for ImageInvert {
 pub struct ImageBlend;
 
 /// The blend modes, as ComfyUI names them.
-pub const BLEND_MODES: [&str; 6] = ["normal", "multiply", "screen", "overlay", "soft_light", "difference"];
+pub const BLEND_MODES: [&str; 6] = [
+    "normal",
+    "multiply",
+    "screen",
+    "overlay",
+    "soft_light",
+    "difference",
+];
 
 /// Parameters of [`ImageBlend`].
 #[derive(Deserialize)]
@@ -91,20 +122,35 @@ impl<B: Backend> Node<B> for ImageBlend {
     fn schema(&self) -> NodeSchema {
         NodeSchema::new("ImageBlend")
             .category("image/postprocessing")
-            .describe("Blends image2 over image1 (same size) with a blend mode, mixed by blend_factor.")
+            .describe(
+                "Blends image2 over image1 (same size) with a blend mode, mixed by blend_factor.",
+            )
             .input("image1", PortType::IMAGE)
             .input("image2", PortType::IMAGE)
-            .param(ParamSpec::float("blend_factor").default(0.5).range_f(0.0, 1.0))
+            .param(
+                ParamSpec::float("blend_factor")
+                    .default(0.5)
+                    .range_f(0.0, 1.0),
+            )
             .param(ParamSpec::choice("blend_mode", &BLEND_MODES).default("normal"))
             .output("IMAGE", PortType::IMAGE)
     }
 
-    fn run(&self, p: Self::Params, inputs: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        p: Self::Params,
+        inputs: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (a, b) = (inputs.image("image1")?, inputs.image("image2")?);
         if a.dims() != b.dims() {
             return Err(NodeError::Input {
                 port: "image2".to_owned(),
-                reason: format!("size {:?} differs from image1's {:?} (resizing is not supported)", b.dims(), a.dims()),
+                reason: format!(
+                    "size {:?} differs from image1's {:?} (resizing is not supported)",
+                    b.dims(),
+                    a.dims()
+                ),
             });
         }
         let blended = blend(a.clone(), b, &p.blend_mode)?;
@@ -115,7 +161,11 @@ impl<B: Backend> Node<B> for ImageBlend {
 }
 
 /// ComfyUI's `ImageBlend.blend_mode`, formula for formula.
-fn blend<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>, mode: &str) -> Result<Tensor<B, 4>, NodeError> {
+fn blend<B: Backend>(
+    a: Tensor<B, 4>,
+    b: Tensor<B, 4>,
+    mode: &str,
+) -> Result<Tensor<B, 4>, NodeError> {
     let one_minus = |t: Tensor<B, 4>| t.neg().add_scalar(1.0);
     Ok(match mode {
         "normal" => b,
@@ -129,7 +179,9 @@ fn blend<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>, mode: &str) -> Result<Ten
         "soft_light" => {
             let g = {
                 let poly = ((a.clone() * 16.0 - 12.0) * a.clone() + 4.0) * a.clone();
-                a.clone().sqrt().mask_where(a.clone().lower_equal_elem(0.25), poly)
+                a.clone()
+                    .sqrt()
+                    .mask_where(a.clone().lower_equal_elem(0.25), poly)
             };
             let low = a.clone() - one_minus(b.clone() * 2.0) * a.clone() * one_minus(a.clone());
             let high = a.clone() + (b.clone() * 2.0 - 1.0) * (g - a);
@@ -141,5 +193,8 @@ fn blend<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>, mode: &str) -> Result<Ten
 }
 
 pub(crate) fn register<B: Backend>(registry: &mut NodeRegistry<B>) {
-    registry.register(EmptyImage).register(ImageInvert).register(ImageBlend);
+    registry
+        .register(EmptyImage)
+        .register(ImageInvert)
+        .register(ImageBlend);
 }

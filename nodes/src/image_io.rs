@@ -5,7 +5,8 @@ use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use weft_engine::node::{
-    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value,
+    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType,
+    Value,
 };
 use weft_engine::registry::NodeRegistry;
 
@@ -26,10 +27,14 @@ pub struct Bitmap {
 pub fn image_to_bitmaps<B: Backend>(image: Tensor<B, 4>) -> Result<Vec<Bitmap>, NodeError> {
     let [batch, height, width, channels] = image.dims();
     if !matches!(channels, 1 | 3 | 4) {
-        return Err(NodeError::msg(format!("an image with {channels} channels cannot be saved as PNG (1, 3 or 4)")));
+        return Err(NodeError::msg(format!(
+            "an image with {channels} channels cannot be saved as PNG (1, 3 or 4)"
+        )));
     }
     let (Ok(w), Ok(h)) = (u32::try_from(width), u32::try_from(height)) else {
-        return Err(NodeError::msg(format!("image of {width}x{height} is too large for PNG")));
+        return Err(NodeError::msg(format!(
+            "image of {width}x{height} is too large for PNG"
+        )));
     };
     let floats = image
         .into_data()
@@ -62,7 +67,10 @@ pub fn encode_png(bitmap: &Bitmap) -> Result<Vec<u8>, NodeError> {
 
 /// Encodes a bitmap as PNG with text chunks: `tEXt` when the text is Latin-1, else `iTXt` (UTF-8),
 /// as PIL's `PngInfo.add_text` chooses for ComfyUI.
-pub fn encode_png_with_text(bitmap: &Bitmap, text: &[(String, String)]) -> Result<Vec<u8>, NodeError> {
+pub fn encode_png_with_text(
+    bitmap: &Bitmap,
+    text: &[(String, String)],
+) -> Result<Vec<u8>, NodeError> {
     let color = match bitmap.channels {
         1 => png::ColorType::Grayscale,
         3 => png::ColorType::Rgb,
@@ -81,7 +89,9 @@ pub fn encode_png_with_text(bitmap: &Bitmap, text: &[(String, String)]) -> Resul
         added.map_err(|e| NodeError::msg(format!("PNG text chunk {keyword:?}: {e}")))?;
     }
     let mut writer = encoder.write_header().map_err(NodeError::other)?;
-    writer.write_image_data(&bitmap.pixels).map_err(NodeError::other)?;
+    writer
+        .write_image_data(&bitmap.pixels)
+        .map_err(NodeError::other)?;
     writer.finish().map_err(NodeError::other)?;
     Ok(bytes)
 }
@@ -89,14 +99,26 @@ pub fn encode_png_with_text(bitmap: &Bitmap, text: &[(String, String)]) -> Resul
 /// The text chunks of a PNG (`tEXt`, then `iTXt`; compressed `zTXt` last) as (keyword, text):
 /// what [`encode_png_with_text`] embedded, e.g. the workflow that made an image.
 pub fn read_png_text(bytes: &[u8]) -> Result<Vec<(String, String)>, NodeError> {
-    let reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().map_err(NodeError::other)?;
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .map_err(NodeError::other)?;
     let info = reader.info();
-    let mut text: Vec<(String, String)> = info.uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
+    let mut text: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.text.clone()))
+        .collect();
     for chunk in &info.utf8_text {
-        text.push((chunk.keyword.clone(), chunk.get_text().map_err(NodeError::other)?));
+        text.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(NodeError::other)?,
+        ));
     }
     for chunk in &info.compressed_latin1_text {
-        text.push((chunk.keyword.clone(), chunk.get_text().map_err(NodeError::other)?));
+        text.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(NodeError::other)?,
+        ));
     }
     Ok(text)
 }
@@ -106,7 +128,9 @@ pub fn decode_png(bytes: &[u8]) -> Result<Bitmap, NodeError> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(NodeError::other)?;
-    let size = reader.output_buffer_size().ok_or_else(|| NodeError::msg("PNG too large"))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| NodeError::msg("PNG too large"))?;
     let mut raw = vec![0u8; size];
     let info = reader.next_frame(&mut raw).map_err(NodeError::other)?;
     raw.truncate(info.buffer_size());
@@ -115,15 +139,23 @@ pub fn decode_png(bytes: &[u8]) -> Result<Bitmap, NodeError> {
         png::ColorType::Rgb => (3, raw),
         png::ColorType::Rgba => (4, raw),
         png::ColorType::Grayscale => (3, raw.iter().flat_map(|&g| [g, g, g]).collect()),
-        png::ColorType::GrayscaleAlpha => {
-            (4, raw.chunks_exact(2).flat_map(|ga| [ga[0], ga[0], ga[0], ga[1]]).collect())
-        }
+        png::ColorType::GrayscaleAlpha => (
+            4,
+            raw.chunks_exact(2)
+                .flat_map(|ga| [ga[0], ga[0], ga[0], ga[1]])
+                .collect(),
+        ),
         png::ColorType::Indexed => return Err(NodeError::msg("indexed PNG was not expanded")),
     };
     if pixels.len() != pixels_in * channels as usize {
         return Err(NodeError::msg("PNG data is shorter than its header says"));
     }
-    Ok(Bitmap { width: info.width, height: info.height, channels, pixels })
+    Ok(Bitmap {
+        width: info.width,
+        height: info.height,
+        channels,
+        pixels,
+    })
 }
 
 /// `LoadImage`: reads a PNG into an RGB IMAGE and a MASK (1 - alpha; zeros without alpha).
@@ -148,20 +180,38 @@ impl<B: Backend> Node<B> for LoadImage {
             .output("MASK", PortType::MASK)
     }
 
-    fn fingerprint(&self, params: &LoadImageParams, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &LoadImageParams,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Fingerprint::none().file(&ctx.resolve_path(&params.image))
     }
 
-    fn run(&self, params: LoadImageParams, _: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: LoadImageParams,
+        _: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let path = ctx.resolve_path(&params.image);
         let bytes = std::fs::read(&path).map_err(|e| NodeError::io(&path, e))?;
-        let bitmap = decode_png(&bytes).map_err(|e| NodeError::msg(format!("{}: {e}", path.display())))?;
-        let (h, w, c) = (bitmap.height as usize, bitmap.width as usize, bitmap.channels as usize);
+        let bitmap =
+            decode_png(&bytes).map_err(|e| NodeError::msg(format!("{}: {e}", path.display())))?;
+        let (h, w, c) = (
+            bitmap.height as usize,
+            bitmap.width as usize,
+            bitmap.channels as usize,
+        );
         let mut rgb = Vec::with_capacity(h * w * 3);
         let mut mask = Vec::with_capacity(h * w);
         for px in bitmap.pixels.chunks_exact(c) {
             rgb.extend(px[..3].iter().map(|&v| f32::from(v) / 255.0));
-            mask.push(if c == 4 { 1.0 - f32::from(px[3]) / 255.0 } else { 0.0 });
+            mask.push(if c == 4 {
+                1.0 - f32::from(px[3]) / 255.0
+            } else {
+                0.0
+            });
         }
         let image = Tensor::<B, 4>::from_data(TensorData::new(rgb, [1, h, w, 3]), ctx.device());
         let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [1, h, w]), ctx.device());
@@ -205,10 +255,20 @@ impl<B: Backend> Node<B> for SaveImage {
         let prefix = ctx.output_path(&params.filename_prefix)?;
         let (dir, stem) = match (prefix.parent(), prefix.file_name()) {
             (Some(dir), Some(stem)) => (dir.to_owned(), stem.to_string_lossy().into_owned()),
-            _ => return Err(NodeError::msg(format!("invalid filename_prefix {:?}", params.filename_prefix))),
+            _ => {
+                return Err(NodeError::msg(format!(
+                    "invalid filename_prefix {:?}",
+                    params.filename_prefix
+                )));
+            }
         };
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
-        let text = ctx.env().services.get::<PngTextChunks>().map(|chunks| chunks.0.clone()).unwrap_or_default();
+        let text = ctx
+            .env()
+            .services
+            .get::<PngTextChunks>()
+            .map(|chunks| chunks.0.clone())
+            .unwrap_or_default();
         for (counter, bitmap) in (next_counter(&dir, &stem)?..).zip(&bitmaps) {
             ctx.check_cancelled()?;
             let path = dir.join(format!("{stem}_{counter:05}_.png"));
@@ -227,7 +287,11 @@ fn next_counter(dir: &Path, stem: &str) -> Result<u64, NodeError> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let digits = name.strip_prefix(stem)?.strip_prefix('_')?.strip_suffix("_.png")?.to_owned();
+            let digits = name
+                .strip_prefix(stem)?
+                .strip_prefix('_')?
+                .strip_suffix("_.png")?
+                .to_owned();
             digits.parse::<u64>().ok()
         })
         .max();
@@ -237,7 +301,10 @@ fn next_counter(dir: &Path, stem: &str) -> Result<u64, NodeError> {
 /// Writes `bytes` to a hidden temporary file beside `path`, then renames it into place: a reader
 /// (or a Ctrl-C) never sees half a file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let partial: PathBuf = path.with_file_name(format!(".{name}.partial"));
     let result = std::fs::write(&partial, bytes).and_then(|()| std::fs::rename(&partial, path));
     if let Err(e) = result {
@@ -257,7 +324,12 @@ mod tests {
 
     #[test]
     fn png_round_trip_keeps_pixels_and_alpha() {
-        let bitmap = Bitmap { width: 2, height: 1, channels: 4, pixels: vec![255, 0, 10, 255, 1, 2, 3, 0] };
+        let bitmap = Bitmap {
+            width: 2,
+            height: 1,
+            channels: 4,
+            pixels: vec![255, 0, 10, 255, 1, 2, 3, 0],
+        };
         let decoded = decode_png(&encode_png(&bitmap).unwrap()).unwrap();
         assert_eq!((decoded.width, decoded.height, decoded.channels), (2, 1, 4));
         assert_eq!(decoded.pixels, bitmap.pixels);
@@ -265,7 +337,12 @@ mod tests {
 
     #[test]
     fn grey_png_decodes_as_rgb() {
-        let bitmap = Bitmap { width: 1, height: 2, channels: 1, pixels: vec![7, 200] };
+        let bitmap = Bitmap {
+            width: 1,
+            height: 2,
+            channels: 1,
+            pixels: vec![7, 200],
+        };
         let decoded = decode_png(&encode_png(&bitmap).unwrap()).unwrap();
         assert_eq!(decoded.channels, 3);
         assert_eq!(decoded.pixels, vec![7, 7, 7, 200, 200, 200]);
@@ -273,11 +350,25 @@ mod tests {
 
     #[test]
     fn text_chunks_are_embedded_latin1_or_utf8() {
-        let bitmap = Bitmap { width: 1, height: 1, channels: 3, pixels: vec![1, 2, 3] };
-        let text = [("workflow".to_owned(), "Workflow(version: 1)".to_owned()), ("prompt".to_owned(), "猫 café".to_owned())];
+        let bitmap = Bitmap {
+            width: 1,
+            height: 1,
+            channels: 3,
+            pixels: vec![1, 2, 3],
+        };
+        let text = [
+            ("workflow".to_owned(), "Workflow(version: 1)".to_owned()),
+            ("prompt".to_owned(), "猫 café".to_owned()),
+        ];
         let bytes = encode_png_with_text(&bitmap, &text).unwrap();
-        let reader = png::Decoder::new(std::io::Cursor::new(&bytes)).read_info().unwrap();
-        assert_eq!(reader.info().uncompressed_latin1_text.len(), 1, "Latin-1 text as tEXt");
+        let reader = png::Decoder::new(std::io::Cursor::new(&bytes))
+            .read_info()
+            .unwrap();
+        assert_eq!(
+            reader.info().uncompressed_latin1_text.len(),
+            1,
+            "Latin-1 text as tEXt"
+        );
         assert_eq!(reader.info().utf8_text.len(), 1, "other text as iTXt");
         assert_eq!(read_png_text(&bytes).unwrap(), text);
         assert_eq!(decode_png(&bytes).unwrap().pixels, vec![1, 2, 3]);
@@ -293,7 +384,12 @@ mod tests {
     fn counter_continues_after_existing_files() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(next_counter(dir.path(), "x").unwrap(), 1);
-        for name in ["x_00001_.png", "x_00007_.png", "xy_00009_.png", "x_notanumber_.png"] {
+        for name in [
+            "x_00001_.png",
+            "x_00007_.png",
+            "xy_00009_.png",
+            "x_notanumber_.png",
+        ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         assert_eq!(next_counter(dir.path(), "x").unwrap(), 8);

@@ -16,8 +16,13 @@ use serde::Deserialize;
 use std::ops::Range;
 use std::sync::Arc;
 use weft_engine::memory::MemoryManager;
-use weft_engine::node::{Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType};
-use weft_engine::patcher::{BurnDevice, LoadOptions, LoraKeyMap, ModelHandle, ModelPatcher, WeightDevice, WeightFormat, lora_patches};
+use weft_engine::node::{
+    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType,
+};
+use weft_engine::patcher::{
+    BurnDevice, LoadOptions, LoraKeyMap, ModelHandle, ModelPatcher, WeightDevice, WeightFormat,
+    lora_patches,
+};
 use weft_engine::registry::NodeRegistry;
 use weft_engine::weights::WeightSource;
 
@@ -40,11 +45,18 @@ pub fn weight_device<B: Backend>(ctx: &NodeContext<'_, B>) -> Arc<dyn WeightDevi
 /// How loaders lay weights out: dequantized to f32, the form the CPU models compute with, so a
 /// loaded model's network is built from its device copies without another copy.
 pub fn load_options() -> LoadOptions {
-    LoadOptions { format: WeightFormat::Dequantized, compute_dtype: DType::F32 }
+    LoadOptions {
+        format: WeightFormat::Dequantized,
+        compute_dtype: DType::F32,
+    }
 }
 
 /// Finds `name` in `folders` of the models dirs (or as a path) and opens a patcher over it.
-pub fn open_patcher<B: Backend>(ctx: &NodeContext<'_, B>, folders: &[&str], name: &str) -> Result<ModelPatcher<B>, NodeError> {
+pub fn open_patcher<B: Backend>(
+    ctx: &NodeContext<'_, B>,
+    folders: &[&str],
+    name: &str,
+) -> Result<ModelPatcher<B>, NodeError> {
     let path = ctx.find_model(folders, name)?;
     ModelPatcher::open(&path, weight_device(ctx), load_options()).map_err(NodeError::other)
 }
@@ -69,21 +81,42 @@ pub struct DiffusionModel {
 
 impl DiffusionModel {
     /// Reads the architecture of `source` (names and shapes only; no weight is dequantized).
-    pub fn detect<B: Backend>(source: &dyn TensorSource<B>, device: &B::Device) -> Result<Self, NodeError> {
+    pub fn detect<B: Backend>(
+        source: &dyn TensorSource<B>,
+        device: &B::Device,
+    ) -> Result<Self, NodeError> {
         let prefix = flux::detect(source).map_err(model_error)?;
-        let config = FluxConfig::from_weights(&Weights::new(source, prefix, device)).map_err(model_error)?;
-        let model_sampling = if config.guidance_embed { ModelSampling::flux(1.15) } else { ModelSampling::discrete_flow(1.0, 1.0) }
-            .map_err(NodeError::other)?;
-        Ok(DiffusionModel { config, model_sampling, latent_format: LatentFormat::FLUX })
+        let config =
+            FluxConfig::from_weights(&Weights::new(source, prefix, device)).map_err(model_error)?;
+        let model_sampling = if config.guidance_embed {
+            ModelSampling::flux(1.15)
+        } else {
+            ModelSampling::discrete_flow(1.0, 1.0)
+        }
+        .map_err(NodeError::other)?;
+        Ok(DiffusionModel {
+            config,
+            model_sampling,
+            latent_format: LatentFormat::FLUX,
+        })
     }
 
     /// The architecture of the MODEL on input `port`, with the handle.
-    pub fn from_inputs<B: Backend>(inputs: &Inputs<B>, port: &str) -> Result<(Arc<ModelHandle<B>>, DiffusionModel), NodeError> {
+    pub fn from_inputs<B: Backend>(
+        inputs: &Inputs<B>,
+        port: &str,
+    ) -> Result<(Arc<ModelHandle<B>>, DiffusionModel), NodeError> {
         let handle = ModelHandle::<B>::from_inputs(inputs, port)?;
-        let arch = handle.architecture::<DiffusionModel>().cloned().ok_or_else(|| NodeError::Input {
-            port: port.to_owned(),
-            reason: format!("{} is not a diffusion model weft can run", handle.patcher().source().path().display()),
-        })?;
+        let arch = handle
+            .architecture::<DiffusionModel>()
+            .cloned()
+            .ok_or_else(|| NodeError::Input {
+                port: port.to_owned(),
+                reason: format!(
+                    "{} is not a diffusion model weft can run",
+                    handle.patcher().source().path().display()
+                ),
+            })?;
         Ok((handle, arch))
     }
 }
@@ -100,28 +133,44 @@ const VAE_PREFIXES: &[&str] = &["", "first_stage_model.", "vae."];
 
 impl VaeModel {
     /// Reads the autoencoder's shape from `source` (names and shapes only).
-    pub fn detect<B: Backend>(source: &dyn TensorSource<B>, device: &B::Device) -> Result<Self, NodeError> {
+    pub fn detect<B: Backend>(
+        source: &dyn TensorSource<B>,
+        device: &B::Device,
+    ) -> Result<Self, NodeError> {
         let prefix = ["decoder.conv_in.weight", "encoder.conv_in.weight"]
             .iter()
             .find_map(|marker| Weights::find_prefix(source, marker, VAE_PREFIXES))
             .ok_or_else(|| {
                 model_error(ModelError::UnsupportedArchitecture {
                     origin: source.origin(),
-                    found: "no AutoencoderKL tensors (decoder.conv_in.weight / encoder.conv_in.weight)".into(),
-                    supported: "AutoencoderKL in ldm/BFL naming (Flux ae.safetensors, SD VAEs)".into(),
+                    found:
+                        "no AutoencoderKL tensors (decoder.conv_in.weight / encoder.conv_in.weight)"
+                            .into(),
+                    supported: "AutoencoderKL in ldm/BFL naming (Flux ae.safetensors, SD VAEs)"
+                        .into(),
                 })
             })?;
-        let config = VaeConfig::from_weights(&Weights::new(source, prefix, device)).map_err(model_error)?;
+        let config =
+            VaeConfig::from_weights(&Weights::new(source, prefix, device)).map_err(model_error)?;
         Ok(VaeModel { config })
     }
 
     /// The VAE on input `port`, with the handle.
-    pub fn from_inputs<B: Backend>(inputs: &Inputs<B>, port: &str) -> Result<(Arc<ModelHandle<B>>, VaeModel), NodeError> {
+    pub fn from_inputs<B: Backend>(
+        inputs: &Inputs<B>,
+        port: &str,
+    ) -> Result<(Arc<ModelHandle<B>>, VaeModel), NodeError> {
         let handle = ModelHandle::<B>::from_inputs(inputs, port)?;
-        let arch = handle.architecture::<VaeModel>().cloned().ok_or_else(|| NodeError::Input {
-            port: port.to_owned(),
-            reason: format!("{} is not a VAE", handle.patcher().source().path().display()),
-        })?;
+        let arch = handle
+            .architecture::<VaeModel>()
+            .cloned()
+            .ok_or_else(|| NodeError::Input {
+                port: port.to_owned(),
+                reason: format!(
+                    "{} is not a VAE",
+                    handle.patcher().source().path().display()
+                ),
+            })?;
         Ok((handle, arch))
     }
 }
@@ -147,15 +196,28 @@ impl<B: Backend> Node<B> for UnetLoaderGguf {
             .output("MODEL", PortType::MODEL)
     }
 
-    fn fingerprint(&self, params: &UnetLoaderParams, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &UnetLoaderParams,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Fingerprint::none().file(&ctx.find_model(UNET_FOLDERS, &params.unet_name)?)
     }
 
-    fn run(&self, params: UnetLoaderParams, _: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: UnetLoaderParams,
+        _: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let patcher = open_patcher(ctx, UNET_FOLDERS, &params.unet_name)?;
         let arch = DiffusionModel::detect(&PatcherSource::new(&patcher), ctx.device())?;
         tracing::info!("{}: {:?}", patcher.source().path().display(), arch.config);
-        Ok(Outputs::one(ModelHandle::new(patcher).with_architecture(arch).into_value(PortType::MODEL)))
+        Ok(Outputs::one(
+            ModelHandle::new(patcher)
+                .with_architecture(arch)
+                .into_value(PortType::MODEL),
+        ))
     }
 }
 
@@ -180,14 +242,27 @@ impl<B: Backend> Node<B> for VaeLoader {
             .output("VAE", PortType::VAE)
     }
 
-    fn fingerprint(&self, params: &VaeLoaderParams, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &VaeLoaderParams,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Fingerprint::none().file(&ctx.find_model(VAE_FOLDERS, &params.vae_name)?)
     }
 
-    fn run(&self, params: VaeLoaderParams, _: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: VaeLoaderParams,
+        _: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let patcher = open_patcher(ctx, VAE_FOLDERS, &params.vae_name)?;
         let arch = VaeModel::detect(&PatcherSource::new(&patcher), ctx.device())?;
-        Ok(Outputs::one(ModelHandle::new(patcher).with_architecture(arch).into_value(PortType::VAE)))
+        Ok(Outputs::one(
+            ModelHandle::new(patcher)
+                .with_architecture(arch)
+                .into_value(PortType::VAE),
+        ))
     }
 }
 
@@ -217,22 +292,39 @@ impl<B: Backend> Node<B> for LoraLoaderModelOnly {
             .output("MODEL", PortType::MODEL)
     }
 
-    fn fingerprint(&self, params: &LoraLoaderParams, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &LoraLoaderParams,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Fingerprint::none().file(&ctx.find_model(LORA_FOLDERS, &params.lora_name)?)
     }
 
-    fn run(&self, params: LoraLoaderParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: LoraLoaderParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (model, arch) = DiffusionModel::from_inputs(&inputs, "model")?;
         if params.strength_model == 0.0 {
-            return Ok(Outputs::one(model.as_ref().clone().into_value(PortType::MODEL)));
+            return Ok(Outputs::one(
+                model.as_ref().clone().into_value(PortType::MODEL),
+            ));
         }
         let path = ctx.find_model(LORA_FOLDERS, &params.lora_name)?;
         let lora = Arc::new(WeightSource::open(&path).map_err(NodeError::other)?);
         let mut patcher = model.clone_patcher();
         let keys = flux_diffusers_lora_keys(&arch.config, patcher.source());
-        let found = lora_patches(patcher.source(), &lora, params.strength_model as f32, &keys).map_err(NodeError::other)?;
+        let found = lora_patches(patcher.source(), &lora, params.strength_model as f32, &keys)
+            .map_err(NodeError::other)?;
         if found.patches.is_empty() {
-            let examples: Vec<&str> = found.unmatched.iter().take(3).map(|(name, _)| name.as_str()).collect();
+            let examples: Vec<&str> = found
+                .unmatched
+                .iter()
+                .take(3)
+                .map(|(name, _)| name.as_str())
+                .collect();
             return Err(NodeError::msg(format!(
                 "{}: no LoRA module matches a weight of {} (unmatched: {})",
                 path.display(),
@@ -240,9 +332,18 @@ impl<B: Backend> Node<B> for LoraLoaderModelOnly {
                 examples.join(", ")
             )));
         }
-        tracing::info!("{}: {} patches, {} modules unmatched", path.display(), found.patches.len(), found.unmatched.len());
-        patcher.add_patches(found.patches).map_err(NodeError::other)?;
-        Ok(Outputs::one(model.with_patcher(patcher).into_value(PortType::MODEL)))
+        tracing::info!(
+            "{}: {} patches, {} modules unmatched",
+            path.display(),
+            found.patches.len(),
+            found.unmatched.len()
+        );
+        patcher
+            .add_patches(found.patches)
+            .map_err(NodeError::other)?;
+        Ok(Outputs::one(
+            model.with_patcher(patcher).into_value(PortType::MODEL),
+        ))
     }
 }
 
@@ -251,7 +352,14 @@ impl<B: Backend> Node<B> for LoraLoaderModelOnly {
 /// `lora.py` makes for Flux. Names without a counterpart in `model` are left out.
 pub fn flux_diffusers_lora_keys(config: &FluxConfig, model: &WeightSource) -> LoraKeyMap {
     let h = config.hidden;
-    let prefix = if model.get("model.diffusion_model.double_blocks.0.img_attn.qkv.weight").is_some() { "model.diffusion_model." } else { "" };
+    let prefix = if model
+        .get("model.diffusion_model.double_blocks.0.img_attn.qkv.weight")
+        .is_some()
+    {
+        "model.diffusion_model."
+    } else {
+        ""
+    };
     let mut map = LoraKeyMap::new();
     let mut add = |lora: String, target: &str, rows: Option<Range<usize>>| {
         let target = format!("{prefix}{target}.weight");
@@ -262,28 +370,79 @@ pub fn flux_diffusers_lora_keys(config: &FluxConfig, model: &WeightSource) -> Lo
         }
     };
     for i in 0..config.depth {
-        let (d, b) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
+        let (d, b) = (
+            format!("transformer_blocks.{i}"),
+            format!("double_blocks.{i}"),
+        );
         for (k, rows) in [("q", 0..h), ("k", h..2 * h), ("v", 2 * h..3 * h)] {
-            add(format!("{d}.attn.to_{k}"), &format!("{b}.img_attn.qkv"), Some(rows.clone()));
-            add(format!("{d}.attn.add_{k}_proj"), &format!("{b}.txt_attn.qkv"), Some(rows));
+            add(
+                format!("{d}.attn.to_{k}"),
+                &format!("{b}.img_attn.qkv"),
+                Some(rows.clone()),
+            );
+            add(
+                format!("{d}.attn.add_{k}_proj"),
+                &format!("{b}.txt_attn.qkv"),
+                Some(rows),
+            );
         }
-        add(format!("{d}.attn.to_out.0"), &format!("{b}.img_attn.proj"), None);
-        add(format!("{d}.attn.to_add_out"), &format!("{b}.txt_attn.proj"), None);
-        add(format!("{d}.ff.net.0.proj"), &format!("{b}.img_mlp.0"), None);
+        add(
+            format!("{d}.attn.to_out.0"),
+            &format!("{b}.img_attn.proj"),
+            None,
+        );
+        add(
+            format!("{d}.attn.to_add_out"),
+            &format!("{b}.txt_attn.proj"),
+            None,
+        );
+        add(
+            format!("{d}.ff.net.0.proj"),
+            &format!("{b}.img_mlp.0"),
+            None,
+        );
         add(format!("{d}.ff.net.2"), &format!("{b}.img_mlp.2"), None);
-        add(format!("{d}.ff_context.net.0.proj"), &format!("{b}.txt_mlp.0"), None);
-        add(format!("{d}.ff_context.net.2"), &format!("{b}.txt_mlp.2"), None);
-        add(format!("{d}.norm1.linear"), &format!("{b}.img_mod.lin"), None);
-        add(format!("{d}.norm1_context.linear"), &format!("{b}.txt_mod.lin"), None);
+        add(
+            format!("{d}.ff_context.net.0.proj"),
+            &format!("{b}.txt_mlp.0"),
+            None,
+        );
+        add(
+            format!("{d}.ff_context.net.2"),
+            &format!("{b}.txt_mlp.2"),
+            None,
+        );
+        add(
+            format!("{d}.norm1.linear"),
+            &format!("{b}.img_mod.lin"),
+            None,
+        );
+        add(
+            format!("{d}.norm1_context.linear"),
+            &format!("{b}.txt_mod.lin"),
+            None,
+        );
     }
     for i in 0..config.depth_single {
-        let (d, b) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
+        let (d, b) = (
+            format!("single_transformer_blocks.{i}"),
+            format!("single_blocks.{i}"),
+        );
         let mlp = 3 * h..3 * h + config.mlp_hidden;
-        for (k, rows) in [("attn.to_q", 0..h), ("attn.to_k", h..2 * h), ("attn.to_v", 2 * h..3 * h), ("proj_mlp", mlp)] {
+        for (k, rows) in [
+            ("attn.to_q", 0..h),
+            ("attn.to_k", h..2 * h),
+            ("attn.to_v", 2 * h..3 * h),
+            ("proj_mlp", mlp),
+        ] {
             add(format!("{d}.{k}"), &format!("{b}.linear1"), Some(rows));
         }
         add(format!("{d}.proj_out"), &format!("{b}.linear2"), None);
-        add(format!("{d}.norm.linear"), &format!("{b}.modulation.lin"), None);
+        add(
+            format!("{d}.norm.linear"),
+            &format!("{b}.modulation.lin"),
+            None,
+        );
     }
     add("x_embedder".into(), "img_in", None);
     add("context_embedder".into(), "txt_in", None);
@@ -292,5 +451,8 @@ pub fn flux_diffusers_lora_keys(config: &FluxConfig, model: &WeightSource) -> Lo
 }
 
 pub(crate) fn register<B: Backend>(registry: &mut NodeRegistry<B>) {
-    registry.register(UnetLoaderGguf).register(VaeLoader).register(LoraLoaderModelOnly);
+    registry
+        .register(UnetLoaderGguf)
+        .register(VaeLoader)
+        .register(LoraLoaderModelOnly);
 }

@@ -3,7 +3,10 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use weft_engine::memory::MemoryManager;
-use weft_engine::node::{Fingerprint, Inputs, Latent, Node, NodeContext, NodeError, NodeSchema, NoParams, Outputs, PortType, Value};
+use weft_engine::node::{
+    Fingerprint, Inputs, Latent, NoParams, Node, NodeContext, NodeError, NodeSchema, Outputs,
+    PortType, Value,
+};
 use weft_engine::patcher::{ModelHandle, ModelPatcher, loads_in_process};
 use weft_engine::registry::NodeRegistry;
 
@@ -30,17 +33,31 @@ impl<B: Backend> Node<B> for OffloadModel {
     /// Never served from the cache while a model may be loaded: any load in the process since the
     /// node last ran changes its key. With no load since, nothing became resident, the earlier
     /// offload still holds, and the cached pass-through is exact.
-    fn fingerprint(&self, _params: &NoParams, _ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        _params: &NoParams,
+        _ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Ok(Fingerprint::none().with(loads_in_process()))
     }
 
-    fn run(&self, _params: NoParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        _params: NoParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let model = ModelHandle::<B>::from_inputs(&inputs, "model")?;
         let report = match MemoryManager::<B>::from_services(&ctx.env().services) {
             Some(manager) => manager.offload(model.patcher()),
             None => model.patcher().offload(),
         };
-        tracing::info!("{}: offloaded {} weights ({} bytes)", ctx.node_id(), report.tensors, report.bytes);
+        tracing::info!(
+            "{}: offloaded {} weights ({} bytes)",
+            ctx.node_id(),
+            report.tensors,
+            report.bytes
+        );
         let latent = match inputs.get("latent") {
             Some(_) => inputs.latent("latent")?,
             None => Latent::new(Tensor::zeros([0, 4, 1, 1], ctx.device())),
@@ -61,7 +78,10 @@ pub fn with_model_loaded<B: Backend, T>(
     let patcher = model.patcher();
     let manager = MemoryManager::<B>::from_services(&ctx.env().services);
     match &manager {
-        Some(manager) => manager.load_models(&[patcher]).map(drop).map_err(NodeError::other)?,
+        Some(manager) => manager
+            .load_models(&[patcher])
+            .map(drop)
+            .map_err(NodeError::other)?,
         None => patcher.load(None).map(drop).map_err(NodeError::other)?,
     }
     let result = f(patcher);

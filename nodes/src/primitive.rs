@@ -2,7 +2,9 @@
 //! shared by several nodes or swept from one place.
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
-use weft_engine::node::{Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value,
+};
 use weft_engine::registry::NodeRegistry;
 
 /// `PrimitiveInt`: outputs its `value`.
@@ -29,21 +31,51 @@ macro_rules! primitive {
             fn schema(&self) -> NodeSchema {
                 NodeSchema::new($name)
                     .category("utils/primitive")
-                    .describe(concat!("Outputs its `value` parameter as ", stringify!($variant), "."))
+                    .describe(concat!(
+                        "Outputs its `value` parameter as ",
+                        stringify!($variant),
+                        "."
+                    ))
                     .param($spec)
                     .output($port.name(), $port)
             }
 
-            fn run(&self, params: Self::Params, _: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+            fn run(
+                &self,
+                params: Self::Params,
+                _: Inputs<B>,
+                _: &NodeContext<'_, B>,
+            ) -> Result<Outputs<B>, NodeError> {
                 Ok(Outputs::one(Value::$variant(params.value)))
             }
         }
     };
 }
 
-primitive!(PrimitiveInt, "PrimitiveInt", i64, ParamSpec::int("value").default(0), PortType::INT, Int);
-primitive!(PrimitiveFloat, "PrimitiveFloat", f64, ParamSpec::float("value").default(0.0), PortType::FLOAT, Float);
-primitive!(PrimitiveString, "PrimitiveString", String, ParamSpec::text("value").default(""), PortType::STRING, String);
+primitive!(
+    PrimitiveInt,
+    "PrimitiveInt",
+    i64,
+    ParamSpec::int("value").default(0),
+    PortType::INT,
+    Int
+);
+primitive!(
+    PrimitiveFloat,
+    "PrimitiveFloat",
+    f64,
+    ParamSpec::float("value").default(0.0),
+    PortType::FLOAT,
+    Float
+);
+primitive!(
+    PrimitiveString,
+    "PrimitiveString",
+    String,
+    ParamSpec::text("value").default(""),
+    PortType::STRING,
+    String
+);
 primitive!(
     PrimitiveBoolean,
     "PrimitiveBoolean",
@@ -54,5 +86,9 @@ primitive!(
 );
 
 pub(crate) fn register<B: Backend>(registry: &mut NodeRegistry<B>) {
-    registry.register(PrimitiveInt).register(PrimitiveFloat).register(PrimitiveString).register(PrimitiveBoolean);
+    registry
+        .register(PrimitiveInt)
+        .register(PrimitiveFloat)
+        .register(PrimitiveString)
+        .register(PrimitiveBoolean);
 }

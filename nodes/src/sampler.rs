@@ -6,6 +6,7 @@
 //! KSampler sigmas of the model's sampling, the latent taken into the model's space when it is
 //! not empty, the sampler over a CFG denoiser (the negative is never evaluated at cfg 1), and the
 //! result taken back out to the VAE's space.
+use crate::MAX_RESOLUTION;
 use crate::conditioning::{DEFAULT_FLUX_GUIDANCE, GUIDANCE};
 use crate::loaders::{DiffusionModel, model_error};
 use crate::models::flux::{Flux, FluxConditioning};
@@ -13,13 +14,16 @@ use crate::models::patcher_source::PatcherSource;
 use crate::offload::with_model_loaded;
 use crate::sampling::model_sampling::flux_shift;
 use crate::sampling::{
-    CfgDenoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun, SamplingError, Scheduler, ksampler_sigmas, prepare_noise,
+    CfgDenoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun, SamplingError,
+    Scheduler, ksampler_sigmas, prepare_noise,
 };
-use crate::MAX_RESOLUTION;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use serde::Deserialize;
-use weft_engine::node::{Conditioning, Inputs, Latent, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Conditioning, Inputs, Latent, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec,
+    PortType, Value,
+};
 use weft_engine::patcher::ModelHandle;
 use weft_engine::registry::NodeRegistry;
 
@@ -65,13 +69,23 @@ struct FluxCond<B: Backend> {
 impl<B: Backend> FluxCond<B> {
     /// The first (only) entry of `conditioning`, repeated to `batch` when it holds one prompt.
     fn new(conditioning: &Conditioning<B>, port: &str, batch: usize) -> Result<Self, NodeError> {
-        let bad = |reason: String| NodeError::Input { port: port.to_owned(), reason };
+        let bad = |reason: String| NodeError::Input {
+            port: port.to_owned(),
+            reason,
+        };
         let entry = match conditioning.entries.as_slice() {
             [entry] => entry,
             [] => return Err(bad("the conditioning is empty".into())),
-            more => return Err(bad(format!("{} combined conditionings; combining is not supported yet, use one", more.len()))),
+            more => {
+                return Err(bad(format!(
+                    "{} combined conditionings; combining is not supported yet, use one",
+                    more.len()
+                )));
+            }
         };
-        let pooled = entry.pooled.clone().ok_or_else(|| bad("the conditioning has no pooled output (Flux needs CLIP-L's)".into()))?;
+        let pooled = entry.pooled.clone().ok_or_else(|| {
+            bad("the conditioning has no pooled output (Flux needs CLIP-L's)".into())
+        })?;
         let repeat = |n: usize, what: &str| -> Result<usize, NodeError> {
             match n {
                 _ if n == batch => Ok(1),
@@ -79,14 +93,31 @@ impl<B: Backend> FluxCond<B> {
                 _ => Err(bad(format!("{what} has batch {n}, the latent has {batch}"))),
             }
         };
-        let context = entry.context.clone().repeat_dim(0, repeat(entry.context.dims()[0], "the context")?);
-        let pooled = pooled.clone().repeat_dim(0, repeat(pooled.dims()[0], "the pooled output")?);
-        let guidance = entry.options.get(GUIDANCE).copied().unwrap_or(DEFAULT_FLUX_GUIDANCE) as f32;
-        Ok(FluxCond { context, pooled, guidance })
+        let context = entry
+            .context
+            .clone()
+            .repeat_dim(0, repeat(entry.context.dims()[0], "the context")?);
+        let pooled = pooled
+            .clone()
+            .repeat_dim(0, repeat(pooled.dims()[0], "the pooled output")?);
+        let guidance = entry
+            .options
+            .get(GUIDANCE)
+            .copied()
+            .unwrap_or(DEFAULT_FLUX_GUIDANCE) as f32;
+        Ok(FluxCond {
+            context,
+            pooled,
+            guidance,
+        })
     }
 
     fn as_flux(&self, batch: usize) -> FluxConditioning<B> {
-        FluxConditioning { context: self.context.clone(), y: self.pooled.clone(), guidance: Some(vec![self.guidance; batch]) }
+        FluxConditioning {
+            context: self.context.clone(),
+            y: self.pooled.clone(),
+            guidance: Some(vec![self.guidance; batch]),
+        }
     }
 }
 
@@ -118,7 +149,12 @@ impl<B: Backend> Node<B> for KSampler {
             .output("LATENT", PortType::LATENT)
     }
 
-    fn run(&self, params: KSamplerParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: KSamplerParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (model, arch) = DiffusionModel::from_inputs(&inputs, "model")?;
         let samples = inputs.latent("latent_image")?.samples;
         let shape = samples.dims();
@@ -126,43 +162,77 @@ impl<B: Backend> Node<B> for KSampler {
         if shape[1] != format.channels {
             return Err(NodeError::Input {
                 port: "latent_image".into(),
-                reason: format!("the latent has {} channels, the model takes {}", shape[1], format.channels),
+                reason: format!(
+                    "the latent has {} channels, the model takes {}",
+                    shape[1], format.channels
+                ),
             });
         }
         let sampler = SamplerKind::from_name(&params.sampler_name).map_err(sampling_error)?;
         let scheduler = Scheduler::from_name(&params.scheduler).map_err(sampling_error)?;
         let ms = &arch.model_sampling;
-        let sigmas = ksampler_sigmas(ms, scheduler, sampler, params.steps, params.denoise).map_err(sampling_error)?;
+        let sigmas = ksampler_sigmas(ms, scheduler, sampler, params.steps, params.denoise)
+            .map_err(sampling_error)?;
 
         let batch = shape[0];
         let positive = FluxCond::new(&inputs.conditioning("positive")?, "positive", batch)?;
         let negative = match crate::sampling::samplers::cfg_is_skipped(params.cfg) {
             true => None,
-            false => Some(FluxCond::new(&inputs.conditioning("negative")?, "negative", batch)?),
+            false => Some(FluxCond::new(
+                &inputs.conditioning("negative")?,
+                "negative",
+                batch,
+            )?),
         };
         let noise = prepare_noise(params.seed, &shape, None).map_err(sampling_error)?;
         let noise = Tensor::<B, 4>::from_data(TensorData::new(noise, shape), ctx.device());
-        let latent_in = if is_nonzero(&samples) { format.process_in(samples) } else { samples };
+        let latent_in = if is_nonzero(&samples) {
+            format.process_in(samples)
+        } else {
+            samples
+        };
 
         let out = with_model_loaded(ctx, &model, false, |patcher| {
-            let flux = Flux::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
-            let (positive, negative) = (positive.as_flux(batch), negative.as_ref().map(|n| n.as_flux(batch)));
-            let mut denoiser = CfgDenoiser::new(ms, params.cfg, |x: Tensor<B, 4>, timestep: f32, side: Guidance| {
-                let cond = match (side, &negative) {
-                    (Guidance::Positive, _) => &positive,
-                    (Guidance::Negative, Some(negative)) => negative,
-                    (Guidance::Negative, None) => return Err(SamplingError::invalid("cfg", "the negative was asked for at cfg 1")),
-                };
-                flux.forward_latent(x, &vec![timestep; batch], cond).map_err(|e| SamplingError::Model(Box::new(e)))
-            });
+            let flux =
+                Flux::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
+            let (positive, negative) = (
+                positive.as_flux(batch),
+                negative.as_ref().map(|n| n.as_flux(batch)),
+            );
+            let mut denoiser = CfgDenoiser::new(
+                ms,
+                params.cfg,
+                |x: Tensor<B, 4>, timestep: f32, side: Guidance| {
+                    let cond = match (side, &negative) {
+                        (Guidance::Positive, _) => &positive,
+                        (Guidance::Negative, Some(negative)) => negative,
+                        (Guidance::Negative, None) => {
+                            return Err(SamplingError::invalid(
+                                "cfg",
+                                "the negative was asked for at cfg 1",
+                            ));
+                        }
+                    };
+                    flux.forward_latent(x, &vec![timestep; batch], cond)
+                        .map_err(|e| SamplingError::Model(Box::new(e)))
+                },
+            );
             let total = sigmas.len().saturating_sub(1) as u64;
             let mut hooks = SamplerHooks::none()
                 .on_step(|step| ctx.progress(step.step as u64 + 1, total))
                 .cancel_when(|| ctx.is_cancelled());
-            let run = SamplerRun { sampler, model_sampling: ms, sigmas: &sigmas, seed: params.seed };
-            run.run(&mut denoiser, noise, latent_in, &mut hooks).map_err(sampling_error)
+            let run = SamplerRun {
+                sampler,
+                model_sampling: ms,
+                sigmas: &sigmas,
+                seed: params.seed,
+            };
+            run.run(&mut denoiser, noise, latent_in, &mut hooks)
+                .map_err(sampling_error)
         })?;
-        Ok(Outputs::one(Value::Latent(Latent::new(format.process_out(out)))))
+        Ok(Outputs::one(Value::Latent(Latent::new(
+            format.process_out(out),
+        ))))
     }
 }
 
@@ -197,10 +267,25 @@ impl<B: Backend> Node<B> for ModelSamplingFluxNode {
             .output("MODEL", PortType::MODEL)
     }
 
-    fn run(&self, params: ModelSamplingFluxParams, inputs: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: ModelSamplingFluxParams,
+        inputs: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (model, mut arch) = DiffusionModel::from_inputs(&inputs, "model")?;
-        let shift = flux_shift(params.width, params.height, params.max_shift, params.base_shift);
-        arch.model_sampling = ModelSampling::flux(shift).map_err(|e| NodeError::msg(format!("shift {shift} from {}x{}: {e}", params.width, params.height)))?;
+        let shift = flux_shift(
+            params.width,
+            params.height,
+            params.max_shift,
+            params.base_shift,
+        );
+        arch.model_sampling = ModelSampling::flux(shift).map_err(|e| {
+            NodeError::msg(format!(
+                "shift {shift} from {}x{}: {e}",
+                params.width, params.height
+            ))
+        })?;
         let handle = ModelHandle::new(model.clone_patcher()).with_architecture(arch);
         Ok(Outputs::one(handle.into_value(PortType::MODEL)))
     }

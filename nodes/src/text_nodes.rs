@@ -11,14 +11,20 @@ use crate::loaders::{model_error, open_patcher};
 use crate::models::TensorSource;
 use crate::models::patcher_source::PatcherSource;
 use crate::offload::with_model_loaded;
-use crate::text::{ChunkLayout, ClipOutputLayer, ClipTextModel, ClipTokenizer, T5Encoder, T5Tokenizer, TextError, TokenChunk, encode_clip, encode_t5};
-use burn::tensor::backend::Backend;
+use crate::text::{
+    ChunkLayout, ClipOutputLayer, ClipTextModel, ClipTokenizer, T5Encoder, T5Tokenizer, TextError,
+    TokenChunk, encode_clip, encode_t5,
+};
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use weft_engine::formats::ModelFile;
-use weft_engine::node::{Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Fingerprint, Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType,
+    Value,
+};
 use weft_engine::patcher::{ModelHandle, ModelPatcher};
 use weft_engine::registry::NodeRegistry;
 
@@ -36,9 +42,16 @@ pub struct FluxTokenizers {
 /// What a CLIP value holds: the encoders' handles and their tokenizers.
 pub enum TextEncoders<B: Backend> {
     /// ComfyUI's `FluxClipModel`: T5-XXL's hidden states as context, CLIP-L's pooled output.
-    Flux { clip_l: ModelHandle<B>, t5: ModelHandle<B>, tokenizers: Arc<FluxTokenizers> },
+    Flux {
+        clip_l: ModelHandle<B>,
+        t5: ModelHandle<B>,
+        tokenizers: Arc<FluxTokenizers>,
+    },
     /// CLIP-L alone (`stable_diffusion`): its last hidden state as context, its pooled output.
-    ClipL { clip_l: ModelHandle<B>, tokenizer: Arc<ClipTokenizer> },
+    ClipL {
+        clip_l: ModelHandle<B>,
+        tokenizer: Arc<ClipTokenizer>,
+    },
 }
 
 /// Which encoder a text-encoder file holds, by its tensor names.
@@ -60,12 +73,20 @@ fn kind_of<B: Backend>(patcher: &ModelPatcher<B>) -> Result<EncoderKind, NodeErr
             None
         }
     });
-    found.ok_or_else(|| NodeError::msg(format!("{}: neither a CLIP nor a T5 text encoder (no token embedding or T5 blocks)", source.origin())))
+    found.ok_or_else(|| {
+        NodeError::msg(format!(
+            "{}: neither a CLIP nor a T5 text encoder (no token embedding or T5 blocks)",
+            source.origin()
+        ))
+    })
 }
 
 /// CLIP's head count: not stored; CLIP heads are 64 wide, and narrower models get one head.
 fn clip_heads<B: Backend>(source: &dyn TensorSource<B>) -> Option<usize> {
-    let name = source.names().find(|n| n.ends_with("embeddings.token_embedding.weight"))?.to_owned();
+    let name = source
+        .names()
+        .find(|n| n.ends_with("embeddings.token_embedding.weight"))?
+        .to_owned();
     let hidden = *source.shape(&name)?.get(1)?;
     Some((hidden / 64).max(1))
 }
@@ -73,7 +94,9 @@ fn clip_heads<B: Backend>(source: &dyn TensorSource<B>) -> Option<usize> {
 /// The T5 tokenizer of a T5 file: its GGUF vocabulary when it has one, else google/t5-v1_1-xxl's.
 fn t5_tokenizer<B: Backend>(patcher: &ModelPatcher<B>) -> Result<T5Tokenizer, NodeError> {
     match patcher.source().file() {
-        ModelFile::Gguf(file) if file.header().get("tokenizer.ggml.tokens").is_some() => T5Tokenizer::from_gguf(file),
+        ModelFile::Gguf(file) if file.header().get("tokenizer.ggml.tokens").is_some() => {
+            T5Tokenizer::from_gguf(file)
+        }
         _ => T5Tokenizer::builtin(),
     }
     .map_err(NodeError::other)
@@ -97,8 +120,15 @@ impl<B: Backend> TextEncoders<B> {
                 )));
             }
         };
-        let tokenizers = FluxTokenizers { clip: ClipTokenizer::builtin().map_err(text_error)?, t5: t5_tokenizer(&t5)? };
-        Ok(TextEncoders::Flux { clip_l: ModelHandle::new(clip_l), t5: ModelHandle::new(t5), tokenizers: Arc::new(tokenizers) })
+        let tokenizers = FluxTokenizers {
+            clip: ClipTokenizer::builtin().map_err(text_error)?,
+            t5: t5_tokenizer(&t5)?,
+        };
+        Ok(TextEncoders::Flux {
+            clip_l: ModelHandle::new(clip_l),
+            t5: ModelHandle::new(t5),
+            tokenizers: Arc::new(tokenizers),
+        })
     }
 
     fn clip_l(patcher: ModelPatcher<B>) -> Result<Self, NodeError> {
@@ -108,31 +138,52 @@ impl<B: Backend> TextEncoders<B> {
                 patcher.source().path().display()
             )));
         }
-        Ok(TextEncoders::ClipL { clip_l: ModelHandle::new(patcher), tokenizer: Arc::new(ClipTokenizer::builtin().map_err(text_error)?) })
+        Ok(TextEncoders::ClipL {
+            clip_l: ModelHandle::new(patcher),
+            tokenizer: Arc::new(ClipTokenizer::builtin().map_err(text_error)?),
+        })
     }
 
     /// Encodes a prompt (`clip_prompt` for CLIP-L, `t5_prompt` for T5) as ComfyUI's
     /// `CLIPTextEncode` / `CLIPTextEncodeFlux`: (context [1, L, D], pooled [1, D]).
-    pub fn encode(&self, ctx: &NodeContext<'_, B>, clip_prompt: &str, t5_prompt: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>), NodeError> {
+    pub fn encode(
+        &self,
+        ctx: &NodeContext<'_, B>,
+        clip_prompt: &str,
+        t5_prompt: &str,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), NodeError> {
         match self {
-            TextEncoders::Flux { clip_l, t5, tokenizers } => {
+            TextEncoders::Flux {
+                clip_l,
+                t5,
+                tokenizers,
+            } => {
                 // FluxTextEncoders::encode_pair, with each encoder loaded through its patcher.
-                let clip_chunks = tokenizers.clip.tokenize_with_weights(clip_prompt).map_err(text_error)?;
+                let clip_chunks = tokenizers
+                    .clip
+                    .tokenize_with_weights(clip_prompt)
+                    .map_err(text_error)?;
                 let (_, pooled) = run_clip(ctx, clip_l, &clip_chunks)?;
-                let t5_chunks = tokenizers.t5.tokenize_with_weights(t5_prompt, FLUX_T5_MIN_LENGTH).map_err(text_error)?;
+                let t5_chunks = tokenizers
+                    .t5
+                    .tokenize_with_weights(t5_prompt, FLUX_T5_MIN_LENGTH)
+                    .map_err(text_error)?;
                 let layout = ChunkLayout {
                     end: tokenizers.t5.end_token(),
                     pad: tokenizers.t5.pad_token(),
                     ..ChunkLayout::flux_t5(FLUX_T5_MIN_LENGTH)
                 };
                 let context = with_model_loaded(ctx, t5, false, |patcher| {
-                    let model = T5Encoder::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
+                    let model = T5Encoder::load(&PatcherSource::new(patcher), ctx.device())
+                        .map_err(model_error)?;
                     encode_t5(&model, &t5_chunks, &layout).map_err(model_error)
                 })?;
                 Ok((context, pooled))
             }
             TextEncoders::ClipL { clip_l, tokenizer } => {
-                let chunks = tokenizer.tokenize_with_weights(clip_prompt).map_err(text_error)?;
+                let chunks = tokenizer
+                    .tokenize_with_weights(clip_prompt)
+                    .map_err(text_error)?;
                 run_clip(ctx, clip_l, &chunks)
             }
         }
@@ -147,15 +198,24 @@ impl<B: Backend> TextEncoders<B> {
 
     /// Every encoder's patcher (for tests and memory reports).
     pub fn patchers(&self) -> Vec<&ModelPatcher<B>> {
-        self.handles().into_iter().map(ModelHandle::patcher).collect()
+        self.handles()
+            .into_iter()
+            .map(ModelHandle::patcher)
+            .collect()
     }
 }
 
-fn run_clip<B: Backend>(ctx: &NodeContext<'_, B>, clip_l: &ModelHandle<B>, chunks: &[TokenChunk]) -> Result<(Tensor<B, 3>, Tensor<B, 2>), NodeError> {
+fn run_clip<B: Backend>(
+    ctx: &NodeContext<'_, B>,
+    clip_l: &ModelHandle<B>,
+    chunks: &[TokenChunk],
+) -> Result<(Tensor<B, 3>, Tensor<B, 2>), NodeError> {
     with_model_loaded(ctx, clip_l, false, |patcher| {
         let source = PatcherSource::new(patcher);
-        let model = ClipTextModel::load(&source, clip_heads(&source), ctx.device()).map_err(model_error)?;
-        encode_clip(&model, chunks, &ChunkLayout::CLIP_L, ClipOutputLayer::Last).map_err(model_error)
+        let model =
+            ClipTextModel::load(&source, clip_heads(&source), ctx.device()).map_err(model_error)?;
+        encode_clip(&model, chunks, &ChunkLayout::CLIP_L, ClipOutputLayer::Last)
+            .map_err(model_error)
     })
 }
 
@@ -204,7 +264,11 @@ impl<B: Backend> Node<B> for ClipLoader {
 
     fn schema(&self) -> NodeSchema {
         let schema = NodeSchema::new(self.name).category("advanced/loaders");
-        let file = |name: &str| ParamSpec::string(name).describe("file under models/text_encoders or models/clip (safetensors or GGUF), or a path");
+        let file = |name: &str| {
+            ParamSpec::string(name).describe(
+                "file under models/text_encoders or models/clip (safetensors or GGUF), or a path",
+            )
+        };
         let schema = if self.dual {
             schema
                 .describe("Loads Flux's text encoders: a CLIP-L and a T5-XXL file, in either order (safetensors or GGUF).")
@@ -220,7 +284,11 @@ impl<B: Backend> Node<B> for ClipLoader {
         schema.output("CLIP", PortType::CLIP)
     }
 
-    fn fingerprint(&self, params: &AnyClipLoaderParams, ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        params: &AnyClipLoaderParams,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         let mut fingerprint = Fingerprint::none();
         for name in params.names() {
             fingerprint = fingerprint.file(&ctx.find_model(TEXT_ENCODER_FOLDERS, name)?)?;
@@ -228,26 +296,39 @@ impl<B: Backend> Node<B> for ClipLoader {
         Ok(fingerprint)
     }
 
-    fn run(&self, params: AnyClipLoaderParams, _: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: AnyClipLoaderParams,
+        _: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let open = |name: &str| open_patcher(ctx, TEXT_ENCODER_FOLDERS, name);
         let encoders = match (&params, self.dual) {
-            (AnyClipLoaderParams::Dual(p), true) => TextEncoders::flux(open(&p.clip_name1)?, open(&p.clip_name2)?)?,
+            (AnyClipLoaderParams::Dual(p), true) => {
+                TextEncoders::flux(open(&p.clip_name1)?, open(&p.clip_name2)?)?
+            }
             (AnyClipLoaderParams::Single(p), false) => TextEncoders::clip_l(open(&p.clip_name)?)?,
-            _ => return Err(NodeError::Params(format!("{}: clip_name or clip_name1/clip_name2 missing", self.name))),
+            _ => {
+                return Err(NodeError::Params(format!(
+                    "{}: clip_name or clip_name1/clip_name2 missing",
+                    self.name
+                )));
+            }
         };
         // Text encoders leave the device once the run's last encode node has finished
         // (through the memory manager when there is one, so its LRU stays true).
         let encoders = Arc::new(encoders);
         let manager = weft_engine::memory::MemoryManager::<B>::from_services(&ctx.env().services);
         let held = encoders.clone();
-        let object = weft_engine::node::Object::from_arc(PortType::CLIP, encoders).release_after_last_use(move || {
-            for patcher in held.patchers() {
-                match &manager {
-                    Some(manager) => drop(manager.release(patcher)),
-                    None => drop(patcher.offload()),
+        let object = weft_engine::node::Object::from_arc(PortType::CLIP, encoders)
+            .release_after_last_use(move || {
+                for patcher in held.patchers() {
+                    match &manager {
+                        Some(manager) => drop(manager.release(patcher)),
+                        None => drop(patcher.offload()),
+                    }
                 }
-            }
-        });
+            });
         Ok(Outputs::one(Value::Object(object)))
     }
 }
@@ -277,9 +358,18 @@ impl<B: Backend> Node<B> for ClipTextEncode {
             .output("CONDITIONING", PortType::CONDITIONING)
     }
 
-    fn run(&self, params: ClipTextEncodeParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: ClipTextEncodeParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (context, pooled) = text_encoders(&inputs)?.encode(ctx, &params.text, &params.text)?;
-        Ok(Outputs::one(Value::Conditioning(single(context, Some(pooled), BTreeMap::new()))))
+        Ok(Outputs::one(Value::Conditioning(single(
+            context,
+            Some(pooled),
+            BTreeMap::new(),
+        ))))
     }
 }
 
@@ -308,23 +398,48 @@ impl<B: Backend> Node<B> for ClipTextEncodeFlux {
             .output("CONDITIONING", PortType::CONDITIONING)
     }
 
-    fn run(&self, params: ClipTextEncodeFluxParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: ClipTextEncodeFluxParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let encoders = text_encoders(&inputs)?;
         if matches!(*encoders, TextEncoders::ClipL { .. }) {
-            return Err(NodeError::Input { port: "clip".into(), reason: "CLIPTextEncodeFlux needs Flux's encoders (DualCLIPLoader, type flux)".into() });
+            return Err(NodeError::Input {
+                port: "clip".into(),
+                reason: "CLIPTextEncodeFlux needs Flux's encoders (DualCLIPLoader, type flux)"
+                    .into(),
+            });
         }
         let (context, pooled) = encoders.encode(ctx, &params.clip_l, &params.t5xxl)?;
         let options = BTreeMap::from([(GUIDANCE.to_owned(), params.guidance)]);
-        Ok(Outputs::one(Value::Conditioning(single(context, Some(pooled), options))))
+        Ok(Outputs::one(Value::Conditioning(single(
+            context,
+            Some(pooled),
+            options,
+        ))))
     }
 }
 
 pub(crate) fn register<B: Backend>(registry: &mut NodeRegistry<B>) {
     registry
-        .register(ClipLoader { name: "CLIPLoader", dual: false })
-        .register(ClipLoader { name: "DualCLIPLoader", dual: true })
-        .register(ClipLoader { name: "CLIPLoaderGGUF", dual: false })
-        .register(ClipLoader { name: "DualCLIPLoaderGGUF", dual: true })
+        .register(ClipLoader {
+            name: "CLIPLoader",
+            dual: false,
+        })
+        .register(ClipLoader {
+            name: "DualCLIPLoader",
+            dual: true,
+        })
+        .register(ClipLoader {
+            name: "CLIPLoaderGGUF",
+            dual: false,
+        })
+        .register(ClipLoader {
+            name: "DualCLIPLoaderGGUF",
+            dual: true,
+        })
         .register(ClipTextEncode)
         .register(ClipTextEncodeFlux);
 }

@@ -9,7 +9,10 @@ use crate::offload::with_model_loaded;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
-use weft_engine::node::{Inputs, Latent, NoParams, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Inputs, Latent, NoParams, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec,
+    PortType, Value,
+};
 use weft_engine::registry::NodeRegistry;
 
 /// `VAEDecode`: latents to images.
@@ -35,21 +38,32 @@ impl<B: Backend> Node<B> for VaeDecode {
             .output("IMAGE", PortType::IMAGE)
     }
 
-    fn run(&self, params: VaeDecodeParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        params: VaeDecodeParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (vae, arch) = VaeModel::from_inputs(&inputs, "vae")?;
         let samples = inputs.latent("samples")?.samples;
         let channels = samples.dims()[1];
         if channels != arch.config.z_channels {
             return Err(NodeError::Input {
                 port: "samples".into(),
-                reason: format!("the latent has {channels} channels, the VAE takes {}", arch.config.z_channels),
+                reason: format!(
+                    "the latent has {channels} channels, the VAE takes {}",
+                    arch.config.z_channels
+                ),
             });
         }
         let decoded = with_model_loaded(ctx, &vae, params.release_vae, |patcher| {
-            let model = Vae::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
+            let model =
+                Vae::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
             model.decode(samples).map_err(model_error)
         })?;
-        let image = ((decoded + 1.0) / 2.0).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
+        let image = ((decoded + 1.0) / 2.0)
+            .clamp(0.0, 1.0)
+            .permute([0, 2, 3, 1]);
         Ok(Outputs::one(Value::Image(image)))
     }
 }
@@ -69,16 +83,29 @@ impl<B: Backend> Node<B> for VaeEncode {
             .output("LATENT", PortType::LATENT)
     }
 
-    fn run(&self, _: NoParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let (vae, arch) = VaeModel::from_inputs(&inputs, "vae")?;
         let pixels = crop_to_multiple(inputs.image("pixels")?, arch.config.downscale())?;
         let [batch, height, width, channels] = pixels.dims();
         if channels < 3 {
-            return Err(NodeError::Input { port: "pixels".into(), reason: format!("the image has {channels} channels, the VAE takes 3") });
+            return Err(NodeError::Input {
+                port: "pixels".into(),
+                reason: format!("the image has {channels} channels, the VAE takes 3"),
+            });
         }
-        let x = pixels.slice([0..batch, 0..height, 0..width, 0..3]).permute([0, 3, 1, 2]) * 2.0 - 1.0;
+        let x = pixels
+            .slice([0..batch, 0..height, 0..width, 0..3])
+            .permute([0, 3, 1, 2])
+            * 2.0
+            - 1.0;
         let latent = with_model_loaded(ctx, &vae, false, |patcher| {
-            let model = Vae::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
+            let model =
+                Vae::load(&PatcherSource::new(patcher), ctx.device()).map_err(model_error)?;
             model.encode(x).map_err(model_error)
         })?;
         Ok(Outputs::one(Value::Latent(Latent::new(latent))))
@@ -86,13 +113,18 @@ impl<B: Backend> Node<B> for VaeEncode {
 }
 
 /// ComfyUI's `vae_encode_crop_pixels`: each side floored to a multiple of `factor`, the crop centred.
-fn crop_to_multiple<B: Backend>(pixels: Tensor<B, 4>, factor: usize) -> Result<Tensor<B, 4>, NodeError> {
+fn crop_to_multiple<B: Backend>(
+    pixels: Tensor<B, 4>,
+    factor: usize,
+) -> Result<Tensor<B, 4>, NodeError> {
     let [batch, height, width, channels] = pixels.dims();
     let (h, w) = ((height / factor) * factor, (width / factor) * factor);
     if h == 0 || w == 0 {
         return Err(NodeError::Input {
             port: "pixels".into(),
-            reason: format!("a {width}x{height} image is smaller than one latent pixel ({factor}x{factor})"),
+            reason: format!(
+                "a {width}x{height} image is smaller than one latent pixel ({factor}x{factor})"
+            ),
         });
     }
     if (h, w) == (height, width) {

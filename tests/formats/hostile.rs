@@ -21,9 +21,17 @@ fn kv_str(b: &mut Vec<u8>, key: &str) {
 fn every_truncation_of_a_real_file_is_an_error() {
     let bytes = std::fs::read(fixture("gguf/metadata.gguf")).unwrap();
     let full = parse_header(&bytes).unwrap();
-    let last_tensor_end = full.tensors.iter().map(|t| t.offset + t.nbytes).max().unwrap() as usize;
+    let last_tensor_end = full
+        .tensors
+        .iter()
+        .map(|t| t.offset + t.nbytes)
+        .max()
+        .unwrap() as usize;
     for len in 0..last_tensor_end {
-        assert!(parse_header(&bytes[..len]).is_err(), "prefix of {len} bytes parsed");
+        assert!(
+            parse_header(&bytes[..len]).is_err(),
+            "prefix of {len} bytes parsed"
+        );
     }
 }
 
@@ -57,7 +65,10 @@ fn absurd_counts_are_rejected_before_allocating() {
     let mut b = header(3, 0, 1);
     b.extend_from_slice(&(1u64 << 60).to_le_bytes());
     b.extend_from_slice(&[0; 16]);
-    assert!(matches!(parse_header(&b).unwrap_err(), GgufParseError::Truncated { .. }));
+    assert!(matches!(
+        parse_header(&b).unwrap_err(),
+        GgufParseError::Truncated { .. }
+    ));
     // An array claiming 2^61 strings.
     let mut b = header(3, 0, 1);
     kv_str(&mut b, "tokenizer.ggml.tokens");
@@ -74,14 +85,18 @@ fn absurd_counts_are_rejected_before_allocating() {
         b.extend_from_slice(&9u32.to_le_bytes());
         b.extend_from_slice(&1u64.to_le_bytes());
     }
-    assert!(matches!(parse_header(&b).unwrap_err(), GgufParseError::NestingTooDeep { .. } | GgufParseError::AbsurdCount { .. }));
+    assert!(matches!(
+        parse_header(&b).unwrap_err(),
+        GgufParseError::NestingTooDeep { .. } | GgufParseError::AbsurdCount { .. }
+    ));
 }
 
 fn one_tensor(dims: &[u64], type_id: u32, offset: u64, data_len: usize) -> Vec<u8> {
     let mut b = header(3, 1, 0);
     kv_str(&mut b, "t");
     b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-    dims.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+    dims.iter()
+        .for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
     b.extend_from_slice(&type_id.to_le_bytes());
     b.extend_from_slice(&offset.to_le_bytes());
     b.resize(b.len().div_ceil(32) * 32 + data_len, 0);
@@ -95,7 +110,10 @@ fn tensor_infos_are_checked() {
         (one_tensor(&[4, 2], 0, 0, 31), "outside the file"),
         (one_tensor(&[4, 2], 0, 1 << 62, 32), "outside the file"),
         (one_tensor(&[u64::MAX, 2], 0, 0, 32), "overflows"),
-        (one_tensor(&[4, 2], 0, 8, 64), "not a multiple of the alignment"),
+        (
+            one_tensor(&[4, 2], 0, 8, 64),
+            "not a multiple of the alignment",
+        ),
         (one_tensor(&[33], 8, 0, 64), "multiple of the block size"),
         (one_tensor(&[32], 99, 0, 64), "unknown ggml type id 99"),
         (one_tensor(&[32], 4, 0, 64), "Q4_2"),
@@ -103,7 +121,10 @@ fn tensor_infos_are_checked() {
     ];
     for (bytes, want) in cases {
         let err = parse_header(&bytes).unwrap_err().to_string();
-        assert!(err.contains(want) && err.contains("\"t\""), "expected {want:?} in: {err}");
+        assert!(
+            err.contains(want) && err.contains("\"t\""),
+            "expected {want:?} in: {err}"
+        );
     }
 }
 
@@ -113,9 +134,18 @@ fn bad_magic_versions_and_endianness() {
     be.extend_from_slice(&3u32.to_be_bytes());
     be.extend_from_slice(&[0; 16]);
     assert_eq!(parse_header(&be).unwrap_err(), GgufParseError::BigEndian(3));
-    assert_eq!(parse_header(&header(1, 0, 0)).unwrap_err(), GgufParseError::UnsupportedVersion(1));
-    assert_eq!(parse_header(&header(4, 0, 0)).unwrap_err(), GgufParseError::UnsupportedVersion(4));
-    assert_eq!(parse_header(b"GGML\x03\0\0\0").unwrap_err(), GgufParseError::BadMagic(*b"GGML"));
+    assert_eq!(
+        parse_header(&header(1, 0, 0)).unwrap_err(),
+        GgufParseError::UnsupportedVersion(1)
+    );
+    assert_eq!(
+        parse_header(&header(4, 0, 0)).unwrap_err(),
+        GgufParseError::UnsupportedVersion(4)
+    );
+    assert_eq!(
+        parse_header(b"GGML\x03\0\0\0").unwrap_err(),
+        GgufParseError::BadMagic(*b"GGML")
+    );
 }
 
 #[test]
@@ -123,9 +153,15 @@ fn errors_from_files_are_one_line_and_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8]); 4] = [
         ("empty.gguf", b""),
-        ("magic.gguf", b"NOPE\x03\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"),
+        (
+            "magic.gguf",
+            b"NOPE\x03\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        ),
         ("short.gguf", b"GGUF\x03\0\0"),
-        ("random.bin", b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b"),
+        (
+            "random.bin",
+            b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b",
+        ),
     ];
     for (name, bytes) in cases {
         let path = dir.path().join(name);
@@ -150,7 +186,12 @@ fn fuzzer_crashers_stay_fixed() {
         if let Ok(header) = parse_header(&bytes) {
             for t in &header.tensors {
                 let n = t.n_elements();
-                assert!(n == 0 || t.nbytes > 0, "{}: {n} elements in {} bytes", t.name, t.nbytes);
+                assert!(
+                    n == 0 || t.nbytes > 0,
+                    "{}: {n} elements in {} bytes",
+                    t.name,
+                    t.nbytes
+                );
             }
         }
         n += 1;

@@ -16,27 +16,45 @@ fn case_files(kind: &str) -> Vec<std::path::PathBuf> {
 }
 
 fn directive<'a>(source: &'a str, name: &str) -> Vec<&'a str> {
-    source.lines().filter_map(|l| l.trim().strip_prefix(name)).map(str::trim).collect()
+    source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(name))
+        .map(str::trim)
+        .collect()
 }
 
 #[test]
 fn every_invalid_case_reports_exactly_its_expected_messages() {
     let registry = registry(&TestPlugin::default());
     let files = case_files("invalid");
-    assert!(files.len() >= 25, "expected the full set of invalid cases, found {}", files.len());
+    assert!(
+        files.len() >= 25,
+        "expected the full set of invalid cases, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for path in &files {
         let source = std::fs::read_to_string(path).unwrap();
         let expected = directive(&source, "// expect:");
-        assert!(!expected.is_empty(), "{}: no `// expect:` line", path.display());
-        let report = match Workflow::parse(&source, Some(path)).and_then(|w| Graph::build(&w, &registry).map(drop)) {
+        assert!(
+            !expected.is_empty(),
+            "{}: no `// expect:` line",
+            path.display()
+        );
+        let report = match Workflow::parse(&source, Some(path))
+            .and_then(|w| Graph::build(&w, &registry).map(drop))
+        {
             Ok(()) => {
                 failures.push(format!("{}: validated, but should not", path.display()));
                 continue;
             }
             Err(report) => report,
         };
-        let actual: Vec<String> = report.diagnostics.iter().map(|d| d.without_file()).collect();
+        let actual: Vec<String> = report
+            .diagnostics
+            .iter()
+            .map(|d| d.without_file())
+            .collect();
         if actual != expected {
             failures.push(format!(
                 "{}:\n  expected:\n    {}\n  actual:\n    {}",
@@ -47,10 +65,19 @@ fn every_invalid_case_reports_exactly_its_expected_messages() {
         }
         // The full message names the file too.
         for d in &report.diagnostics {
-            assert!(d.to_string().starts_with(&format!("{}:", path.display())), "{d}");
+            assert!(
+                d.to_string().starts_with(&format!("{}:", path.display())),
+                "{d}"
+            );
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), files.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -13,7 +13,10 @@ fn weft() -> Command {
 }
 
 fn text(output: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn write(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
@@ -31,10 +34,18 @@ fn validate_reports_every_problem_with_file_line_column_and_node() {
         "bad.ron",
         "Workflow(version: 1, nodes: {\n  \"a\": (type: \"TestConts\"),\n  \"b\": (type: \"TestAdd\", inputs: { \"a\": \"nowhere\" }),\n})\n",
     );
-    let output = weft().arg("validate").arg(&good).arg(&bad).output().unwrap();
+    let output = weft()
+        .arg("validate")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stdout.contains("blend-swatches.ron: ok (6 nodes, 6 to run)"), "{stdout}");
+    assert!(
+        stdout.contains("blend-swatches.ron: ok (6 nodes, 6 to run)"),
+        "{stdout}"
+    );
     let bad = bad.display();
     assert_eq!(
         stderr,
@@ -72,11 +83,23 @@ fn run_with_a_sweep_reuses_cached_upstream_work_and_says_so() {
     let runs: Vec<&str> = stdout.lines().collect();
     assert_eq!(runs.len(), 6, "{stdout}");
     assert_eq!(runs[0], "run 1/3: scaled.factor=1");
-    assert!(runs[1].starts_with("ran 3 (slow, scaled, out), cached 0 in "), "{stdout}");
+    assert!(
+        runs[1].starts_with("ran 3 (slow, scaled, out), cached 0 in "),
+        "{stdout}"
+    );
     assert_eq!(runs[2], "run 2/3: scaled.factor=2");
-    assert!(runs[3].starts_with("ran 2 (scaled, out), cached 1 (slow) in "), "{stdout}");
-    assert!(runs[5].starts_with("ran 2 (scaled, out), cached 1 (slow) in "), "{stdout}");
-    assert!(stderr.contains("  slow: 3/3"), "progress lines without a terminal: {stderr}");
+    assert!(
+        runs[3].starts_with("ran 2 (scaled, out), cached 1 (slow) in "),
+        "{stdout}"
+    );
+    assert!(
+        runs[5].starts_with("ran 2 (scaled, out), cached 1 (slow) in "),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("  slow: 3/3"),
+        "progress lines without a terminal: {stderr}"
+    );
     assert!(stderr.contains("  slow (TestSteps) cached"), "{stderr}");
 }
 
@@ -93,7 +116,13 @@ fn run_writes_into_the_output_dir_and_lists_the_files() {
         .unwrap();
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stderr}");
-    assert!(stdout.contains(&format!("wrote {}", out.join("swatches/blend_00001_.png").display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "wrote {}",
+            out.join("swatches/blend_00001_.png").display()
+        )),
+        "{stdout}"
+    );
     assert!(out.join("swatches/inverted_00001_.png").exists());
 }
 
@@ -114,19 +143,33 @@ fn bad_overrides_and_invalid_sweep_values_fail_before_anything_runs() {
             vec!["--set", "mix.factor=1"],
             "error: --set: \"mix.factor=1\": node \"mix\" (ImageBlend) has no parameter \"factor\"",
         ),
-        (vec!["--set", "nonsense"], "error: --set: \"nonsense\": expected NODE.PARAM=VALUE"),
+        (
+            vec!["--set", "nonsense"],
+            "error: --set: \"nonsense\": expected NODE.PARAM=VALUE",
+        ),
         (
             vec!["--sweep", "orange.width=8,x,16"],
             "error: --sweep: \"orange.width=x\": parameter \"width\" of node \"orange\": expected an integer, found \"x\"",
         ),
     ];
     for (args, expected) in cases {
-        let output = weft().arg("run").arg(&flow).args(&args).arg("--output-dir").arg(dir.path()).output().unwrap();
+        let output = weft()
+            .arg("run")
+            .arg(&flow)
+            .args(&args)
+            .arg("--output-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
         let (_, stderr) = text(&output);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end(), expected, "{args:?}");
     }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing ran");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing ran"
+    );
 }
 
 #[test]
@@ -142,9 +185,17 @@ fn nodes_json_lists_every_node_type_with_ports_and_params() {
     assert_eq!(blend["params"][1]["kind"], "choice");
     assert_eq!(blend["params"][1]["choices"][4], "soft_light");
     assert_eq!(blend["params"][0]["max"], 1.0);
-    assert!(nodes.iter().any(|n| n["type"] == "TestConst" && n["plugin"] == "weft-tests"));
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["type"] == "TestConst" && n["plugin"] == "weft-tests")
+    );
     let types = listing["types"].as_array().unwrap();
-    assert!(types.iter().any(|t| t["type"] == "TEST_PAIR" && t["plugin"] == "weft-tests"));
+    assert!(
+        types
+            .iter()
+            .any(|t| t["type"] == "TEST_PAIR" && t["plugin"] == "weft-tests")
+    );
     assert!(types.iter().any(|t| t["type"] == "CONDITIONING"));
 }
 
@@ -152,8 +203,14 @@ fn nodes_json_lists_every_node_type_with_ports_and_params() {
 fn nodes_text_filters_by_name() {
     let output = weft().args(["nodes", "emptylatent"]).output().unwrap();
     let (stdout, _) = text(&output);
-    assert!(stdout.starts_with("EmptyLatentImage (latent, weft-nodes)\n"), "{stdout}");
-    assert!(stdout.contains("    param  width: INT 16..=16384 = 512\n"), "{stdout}");
+    assert!(
+        stdout.starts_with("EmptyLatentImage (latent, weft-nodes)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    param  width: INT 16..=16384 = 512\n"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("ImageBlend"), "{stdout}");
 }
 
@@ -187,13 +244,19 @@ fn ctrl_c_stops_the_run_at_the_next_step_and_writes_nothing() {
     let mut seen = String::new();
     loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "weft exited before the loop started: {seen}");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weft exited before the loop started: {seen}"
+        );
         seen.push_str(&line);
         if line.starts_with("  slow: ") {
             break; // the loop is running
         }
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let code = loop {
@@ -207,7 +270,10 @@ fn ctrl_c_stops_the_run_at_the_next_step_and_writes_nothing() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert_eq!(code, Some(130), "{seen}{rest}");
     assert!(rest.contains("cancelled at node \"slow\""), "{rest}");
-    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "nothing may be written after a cancel");
+    assert!(
+        !out.exists() || std::fs::read_dir(&out).unwrap().count() == 0,
+        "nothing may be written after a cancel"
+    );
 }
 
 /// Issue 5: a saved image carries the workflow and the command that reproduces its run.
@@ -219,17 +285,33 @@ fn saved_images_embed_the_workflow_and_the_command_that_reproduces_them() {
     let output = weft()
         .arg("run")
         .arg(&flow)
-        .args(["--set", "mix.blend_factor=0.25", "--sweep", "mix.blend_mode=screen,multiply", "--output-dir"])
+        .args([
+            "--set",
+            "mix.blend_factor=0.25",
+            "--sweep",
+            "mix.blend_mode=screen,multiply",
+            "--output-dir",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output).1);
     let second = std::fs::read(out.join("swatches/blend_00002_.png")).unwrap();
     let chunks = weft_nodes::image_io::read_png_text(&second).unwrap();
-    let get = |key: &str| chunks.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |key: &str| {
+        chunks
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     assert_eq!(get("workflow"), std::fs::read_to_string(&flow).unwrap());
     let command = get("parameters");
-    assert!(command.contains("--set mix.blend_factor=0.25") && command.contains("--set mix.blend_mode=multiply"), "{command}");
+    assert!(
+        command.contains("--set mix.blend_factor=0.25")
+            && command.contains("--set mix.blend_mode=multiply"),
+        "{command}"
+    );
     assert!(get("software").starts_with("weft "));
 }
 
@@ -247,8 +329,24 @@ fn models_dir_from_the_environment_is_searched() {
         })"#,
     );
     let models = dir.path().join("my-models");
-    let output = weft().arg("run").arg(&flow).env("WEFT_MODELS_DIR", &models).arg("--output-dir").arg(dir.path()).output().unwrap();
+    let output = weft()
+        .arg("run")
+        .arg(&flow)
+        .env("WEFT_MODELS_DIR", &models)
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let (_, stderr) = text(&output);
     assert!(!output.status.success());
-    assert!(stderr.contains(&models.join("diffusion_models").join("absent-model.gguf").display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(
+            &models
+                .join("diffusion_models")
+                .join("absent-model.gguf")
+                .display()
+                .to_string()
+        ),
+        "{stderr}"
+    );
 }

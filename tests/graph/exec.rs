@@ -50,7 +50,11 @@ fn a_second_identical_run_is_served_from_the_cache() {
     let source = arithmetic(2);
     h.run(&source);
     let second = h.run(&source);
-    assert!(second.executed.is_empty(), "ran {:?}", second.executed_ids());
+    assert!(
+        second.executed.is_empty(),
+        "ran {:?}",
+        second.executed_ids()
+    );
     assert_eq!(second.cached, ["a", "b", "sum", "scaled", "out"]);
     for id in ["a", "b", "sum", "scaled", "out"] {
         assert_eq!(h.probe.runs(id), 1, "{id} ran again");
@@ -66,18 +70,28 @@ fn changing_a_parameter_reruns_that_node_and_what_follows_only() {
     assert_eq!(report.cached, ["a", "b", "sum"]);
     assert_eq!(h.probe.runs("sum"), 1);
     assert_eq!(h.probe.runs("scaled"), 2);
-    assert_eq!(h.probe.take_recorded(), [("out".to_owned(), 10), ("out".to_owned(), 25)]);
+    assert_eq!(
+        h.probe.take_recorded(),
+        [("out".to_owned(), 10), ("out".to_owned(), 25)]
+    );
 }
 
 #[test]
 fn a_set_override_changes_the_cache_key_like_an_edit() {
     let mut h = Harness::new();
     let mut wf = Workflow::parse(&arithmetic(2), None).unwrap();
-    h.run_graph(&weft_engine::graph::Graph::build(&wf, &h.registry).unwrap()).unwrap();
-    wf.apply(&h.registry, &Assignment::parse("scaled.factor=3").unwrap()).unwrap();
-    let report = h.run_graph(&weft_engine::graph::Graph::build(&wf, &h.registry).unwrap()).unwrap();
+    h.run_graph(&weft_engine::graph::Graph::build(&wf, &h.registry).unwrap())
+        .unwrap();
+    wf.apply(&h.registry, &Assignment::parse("scaled.factor=3").unwrap())
+        .unwrap();
+    let report = h
+        .run_graph(&weft_engine::graph::Graph::build(&wf, &h.registry).unwrap())
+        .unwrap();
     assert_eq!(report.executed_ids(), ["scaled", "out"]);
-    assert_eq!(h.probe.take_recorded().last(), Some(&("out".to_owned(), 15)));
+    assert_eq!(
+        h.probe.take_recorded().last(),
+        Some(&("out".to_owned(), 15))
+    );
 }
 
 #[test]
@@ -86,7 +100,11 @@ fn only_the_latest_run_is_kept_in_the_cache() {
     h.run(&arithmetic(2));
     let entries = h.executor.cached_entries();
     h.run(&arithmetic(5));
-    assert_eq!(h.executor.cached_entries(), entries, "factor 2's results were evicted, factor 5's added");
+    assert_eq!(
+        h.executor.cached_entries(),
+        entries,
+        "factor 2's results were evicted, factor 5's added"
+    );
     // Back to 2: the scaled node ran for 2 before, but that result was dropped with its run.
     let report = h.run(&arithmetic(2));
     assert_eq!(report.executed_ids(), ["scaled", "out"]);
@@ -107,7 +125,10 @@ fn an_always_run_node_runs_every_time_and_invalidates_what_follows() {
     let report = h.run(&source);
     assert_eq!(report.executed_ids(), ["count", "sum", "out"]);
     assert_eq!(report.cached, ["c"]);
-    assert_eq!(h.probe.take_recorded(), [("out".to_owned(), 2), ("out".to_owned(), 3)]);
+    assert_eq!(
+        h.probe.take_recorded(),
+        [("out".to_owned(), 2), ("out".to_owned(), 3)]
+    );
 }
 
 #[test]
@@ -122,11 +143,17 @@ fn a_changed_file_fingerprint_reruns_the_node() {
         "#,
     );
     h.run(&source);
-    assert!(h.run(&source).executed.is_empty(), "unchanged file: all cached");
+    assert!(
+        h.run(&source).executed.is_empty(),
+        "unchanged file: all cached"
+    );
     std::fs::write(&file, "eleven long").unwrap();
     let report = h.run(&source);
     assert_eq!(report.executed_ids(), ["size", "out"]);
-    assert_eq!(h.probe.take_recorded(), [("out".to_owned(), 4), ("out".to_owned(), 11)]);
+    assert_eq!(
+        h.probe.take_recorded(),
+        [("out".to_owned(), 4), ("out".to_owned(), 11)]
+    );
 }
 
 #[test]
@@ -184,7 +211,19 @@ fn objects_are_released_after_their_last_consumer() {
         "out": (type: "TestRecord", inputs: { "value": "total" }),
         "#,
     ));
-    assert_eq!(h.probe.take_order(), ["a", "b", "pair", "first", "second", "released pair", "total", "out"]);
+    assert_eq!(
+        h.probe.take_order(),
+        [
+            "a",
+            "b",
+            "pair",
+            "first",
+            "second",
+            "released pair",
+            "total",
+            "out"
+        ]
+    );
     assert_eq!(h.probe.take_recorded(), [("out".to_owned(), 40)]);
 }
 
@@ -199,14 +238,30 @@ fn a_failing_node_is_named_with_its_type_and_stops_the_run() {
         "#,
     ));
     let err = h.run_graph(&graph).unwrap_err();
-    assert!(matches!(&err, ExecError::Node { node_id, node_type, .. } if node_id == "boom" && node_type == "TestFail"));
-    assert_eq!(error_chain(&err), "node \"boom\" (TestFail): the disk is full");
+    assert!(
+        matches!(&err, ExecError::Node { node_id, node_type, .. } if node_id == "boom" && node_type == "TestFail")
+    );
+    assert_eq!(
+        error_chain(&err),
+        "node \"boom\" (TestFail): the disk is full"
+    );
     assert_eq!(h.probe.runs("out"), 0);
     let failed = h.events.events().into_iter().find_map(|e| match e {
-        Event::NodeFailed { node_id, node_type, error } => Some((node_id, node_type, error)),
+        Event::NodeFailed {
+            node_id,
+            node_type,
+            error,
+        } => Some((node_id, node_type, error)),
         _ => None,
     });
-    assert_eq!(failed, Some(("boom".to_owned(), "TestFail".to_owned(), "the disk is full".to_owned())));
+    assert_eq!(
+        failed,
+        Some((
+            "boom".to_owned(),
+            "TestFail".to_owned(),
+            "the disk is full".to_owned()
+        ))
+    );
     // What finished before the failure stays cached: fixing the node does not rerun "a".
     let fixed = h.run(&workflow(
         r#"
@@ -251,7 +306,11 @@ fn events_tell_started_progress_cached_and_finished() {
         .map(|e| match e {
             Event::RunStarted { run, planned } => format!("run {run} ({planned})"),
             Event::NodeStarted { node_id, .. } => format!("start {node_id}"),
-            Event::Progress { node_id, step, total } => format!("{node_id} {step}/{total}"),
+            Event::Progress {
+                node_id,
+                step,
+                total,
+            } => format!("{node_id} {step}/{total}"),
             Event::NodeFinished { node_id, .. } => format!("done {node_id}"),
             Event::NodeCached { node_id, .. } => format!("cached {node_id}"),
             Event::RunFinished { run, .. } => format!("end {run}"),
@@ -288,12 +347,26 @@ fn cancelling_mid_node_stops_at_the_next_step_and_runs_nothing_after() {
         "#,
     ));
     let err = h.run_graph(&graph).unwrap_err();
-    assert!(matches!(&err, ExecError::Cancelled { node_id: Some(n) } if n == "steps"), "{err:?}");
-    let steps: Vec<i64> = h.probe.take_recorded().into_iter().map(|(_, step)| step).collect();
+    assert!(
+        matches!(&err, ExecError::Cancelled { node_id: Some(n) } if n == "steps"),
+        "{err:?}"
+    );
+    let steps: Vec<i64> = h
+        .probe
+        .take_recorded()
+        .into_iter()
+        .map(|(_, step)| step)
+        .collect();
     assert_eq!(steps, [1, 2, 3], "the loop stops at the check after step 3");
     assert_eq!(h.probe.runs("out"), 0);
-    assert_eq!(h.executor.cached_entries(), 0, "a cancelled node's partial result is not cached");
-    assert!(h.events.events().contains(&Event::Cancelled { node_id: Some("steps".to_owned()) }));
+    assert_eq!(
+        h.executor.cached_entries(),
+        0,
+        "a cancelled node's partial result is not cached"
+    );
+    assert!(h.events.events().contains(&Event::Cancelled {
+        node_id: Some("steps".to_owned())
+    }));
 }
 
 #[test]

@@ -18,16 +18,26 @@ fn parses_comments_implicit_some_hex_and_trailing_commas_without_a_struct_name()
     "#;
     let workflow = Workflow::parse(source, None).unwrap();
     assert_eq!(workflow.file.version, FORMAT_VERSION);
-    assert_eq!(workflow.file.description.as_deref(), Some("no Some(...) needed"));
+    assert_eq!(
+        workflow.file.description.as_deref(),
+        Some("no Some(...) needed")
+    );
     let node = workflow.file.nodes.get("img").unwrap();
     assert_eq!(node.params.get("color"), Some(&ParamValue::Int(0xFF8000)));
 }
 
 #[test]
 fn keeps_node_order_and_duplicate_keys() {
-    let source = r#"Workflow(version: 1, nodes: { "z": (type: "A"), "a": (type: "B"), "z": (type: "C") })"#;
+    let source =
+        r#"Workflow(version: 1, nodes: { "z": (type: "A"), "a": (type: "B"), "z": (type: "C") })"#;
     let workflow = Workflow::parse(source, None).unwrap();
-    let ids: Vec<&str> = workflow.file.nodes.0.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<&str> = workflow
+        .file
+        .nodes
+        .0
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
     assert_eq!(ids, ["z", "a", "z"]);
 }
 
@@ -35,7 +45,10 @@ fn keeps_node_order_and_duplicate_keys() {
 fn a_wrong_struct_name_is_a_syntax_error_with_a_position() {
     let err = Workflow::parse("Flow(version: 1, nodes: {})", None).unwrap_err();
     let message = err.to_string();
-    assert!(message.starts_with("1:1: syntax error:") || message.starts_with("1:5: syntax error:"), "{message}");
+    assert!(
+        message.starts_with("1:1: syntax error:") || message.starts_with("1:5: syntax error:"),
+        "{message}"
+    );
     assert!(message.contains("Workflow"), "{message}");
 }
 
@@ -45,13 +58,19 @@ fn round_trips_through_to_ron() {
         let path = entry.unwrap().path();
         let original = Workflow::load(&path).unwrap();
         let text = original.to_ron();
-        let reparsed = Workflow::parse(&text, None).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+        let reparsed = Workflow::parse(&text, None)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
         assert_eq!(reparsed.file, original.file, "{}", path.display());
     }
 }
 
 #[test]
 fn a_missing_file_names_the_path() {
-    let err = Workflow::load(std::path::Path::new("/nonexistent/flow.ron")).err().unwrap();
-    assert_eq!(weft_engine::exec::error_chain(&err).split(": ").next(), Some("/nonexistent/flow.ron"));
+    let err = Workflow::load(std::path::Path::new("/nonexistent/flow.ron"))
+        .err()
+        .unwrap();
+    assert_eq!(
+        weft_engine::exec::error_chain(&err).split(": ").next(),
+        Some("/nonexistent/flow.ron")
+    );
 }

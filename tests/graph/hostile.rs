@@ -38,7 +38,11 @@ fn truncated_and_spliced_workflows_never_panic() {
 #[test]
 fn deep_nesting_and_huge_numbers_are_errors() {
     let registry = registry(&TestPlugin::default());
-    let deep = format!("Workflow(version: 1, nodes: {{ \"a\": (type: \"TestConst\", params: {{ \"value\": {}1{} }}) }})", "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        "Workflow(version: 1, nodes: {{ \"a\": (type: \"TestConst\", params: {{ \"value\": {}1{} }}) }})",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     assert!(build(&deep, &registry).is_err());
     let huge = r#"Workflow(version: 1, nodes: { "a": (type: "TestConst", params: { "value": 99999999999999999999999 }) })"#;
     assert!(build(huge, &registry).is_err());

@@ -40,7 +40,9 @@ fn the_swatch_workflow_runs_and_writes_its_images() {
     let graph = Graph::build(&Workflow::load(&path).unwrap(), &registry).unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut executor = Executor::<B>::new(Default::default(), RunEnv::new(out.path()));
-    executor.run(&graph, &NoEvents, &CancelToken::new()).unwrap();
+    executor
+        .run(&graph, &NoEvents, &CancelToken::new())
+        .unwrap();
     for name in ["swatches/blend_00001_.png", "swatches/inverted_00001_.png"] {
         let bytes = std::fs::read(out.path().join(name)).unwrap();
         let bitmap = weft_nodes::image_io::decode_png(&bytes).unwrap();

@@ -12,14 +12,28 @@ use weft_tests::B;
 fn three_models(dir: &std::path::Path, cache: &MmapCache) -> (Vec<ModelPatcher<B>>, u64) {
     let models: Vec<_> = ["a.gguf", "b.gguf", "c.gguf"]
         .iter()
-        .map(|name| ModelPatcher::new(Arc::new(WeightSource::open_in(cache, small_model(dir, name)).unwrap()), cpu(), LoadOptions::default()).unwrap())
+        .map(|name| {
+            ModelPatcher::new(
+                Arc::new(WeightSource::open_in(cache, small_model(dir, name)).unwrap()),
+                cpu(),
+                LoadOptions::default(),
+            )
+            .unwrap()
+        })
         .collect();
     let size = models[0].full_bytes();
     (models, size)
 }
 
 fn manager(mode: MemoryMode, capacity: u64) -> MemoryManager<B> {
-    MemoryManager::new(cpu(), MemoryPolicy { mode, reserve_bytes: 0, capacity: Some(capacity) })
+    MemoryManager::new(
+        cpu(),
+        MemoryPolicy {
+            mode,
+            reserve_bytes: 0,
+            capacity: Some(capacity),
+        },
+    )
 }
 
 #[test]
@@ -32,12 +46,36 @@ fn the_least_recently_used_model_is_offloaded_to_make_room() {
     manager.load_models(&[&m[1]]).unwrap();
     assert_eq!((m[0].device_bytes(), m[1].device_bytes()), (size, size));
     manager.load_models(&[&m[2]]).unwrap();
-    assert_eq!([m[0].device_bytes(), m[1].device_bytes(), m[2].device_bytes()], [0, size, size], "a (LRU) goes");
+    assert_eq!(
+        [
+            m[0].device_bytes(),
+            m[1].device_bytes(),
+            m[2].device_bytes()
+        ],
+        [0, size, size],
+        "a (LRU) goes"
+    );
     manager.load_models(&[&m[1]]).unwrap(); // b is now the most recent
     manager.load_models(&[&m[0]]).unwrap();
-    assert_eq!([m[0].device_bytes(), m[1].device_bytes(), m[2].device_bytes()], [size, size, 0], "c (LRU) goes");
-    let loaded: Vec<_> = manager.loaded().into_iter().map(|l| l.path.file_name().unwrap().to_owned()).collect();
-    assert_eq!(loaded, ["c.gguf", "b.gguf", "a.gguf"], "least recently used first");
+    assert_eq!(
+        [
+            m[0].device_bytes(),
+            m[1].device_bytes(),
+            m[2].device_bytes()
+        ],
+        [size, size, 0],
+        "c (LRU) goes"
+    );
+    let loaded: Vec<_> = manager
+        .loaded()
+        .into_iter()
+        .map(|l| l.path.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        loaded,
+        ["c.gguf", "b.gguf", "a.gguf"],
+        "least recently used first"
+    );
 }
 
 #[test]
@@ -50,7 +88,10 @@ fn eviction_is_partial_when_part_is_enough_and_a_model_that_cannot_fit_loads_par
     manager.load_models(&[&m[1]]).unwrap();
     assert_eq!(m[1].device_bytes(), size);
     let kept = m[0].device_bytes();
-    assert!(kept > 0 && kept <= size / 2, "a is offloaded only partly: keeps {kept} of {size}");
+    assert!(
+        kept > 0 && kept <= size / 2,
+        "a is offloaded only partly: keeps {kept} of {size}"
+    );
     assert!(m[0].stats().mmap.tensors > 0);
 
     // Nothing else to evict and still too small: a partial load, the rest streams.
@@ -77,14 +118,24 @@ fn lowvram_keeps_only_the_running_models_and_novram_keeps_nothing() {
     let low = manager(MemoryMode::LowVram, 10 * size);
     low.load_models(&[&m[0]]).unwrap();
     low.load_models(&[&m[1], &m[2]]).unwrap();
-    assert_eq!([m[0].device_bytes(), m[1].device_bytes(), m[2].device_bytes()], [0, size, size]);
+    assert_eq!(
+        [
+            m[0].device_bytes(),
+            m[1].device_bytes(),
+            m[2].device_bytes()
+        ],
+        [0, size, size]
+    );
 
     let none = manager(MemoryMode::NoVram, 10 * size);
     none.load_models(&[&m[1]]).unwrap();
     assert_eq!(m[1].device_bytes(), 0);
     assert_eq!(m[1].stats().device.tensors, 0);
     let first = m[1].source().tensors()[0].clone();
-    assert!(m[1].weight(&first.name).unwrap().read_back().unwrap() == m[1].source().bytes(&first), "streams from the mapping");
+    assert!(
+        m[1].weight(&first.name).unwrap().read_back().unwrap() == m[1].source().bytes(&first),
+        "streams from the mapping"
+    );
 }
 
 #[test]
@@ -96,8 +147,18 @@ fn gpu_only_never_offloads_and_refuses_a_model_that_does_not_fit() {
     manager.load_models(&[&m[0], &m[1]]).unwrap();
     let err = manager.load_models(&[&m[2]]).unwrap_err();
     assert!(matches!(err, MemoryError::DoesNotFit { .. }));
-    assert!(err.to_string().contains("c.gguf") && err.to_string().contains("--gpu-only"), "{err}");
-    assert_eq!([m[0].device_bytes(), m[1].device_bytes(), m[2].device_bytes()], [size, size, 0]);
+    assert!(
+        err.to_string().contains("c.gguf") && err.to_string().contains("--gpu-only"),
+        "{err}"
+    );
+    assert_eq!(
+        [
+            m[0].device_bytes(),
+            m[1].device_bytes(),
+            m[2].device_bytes()
+        ],
+        [size, size, 0]
+    );
 }
 
 #[test]
@@ -105,10 +166,21 @@ fn the_reserve_counts_against_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache();
     let (m, size) = three_models(dir.path(), &cache);
-    let manager = MemoryManager::<B>::new(cpu(), MemoryPolicy { mode: MemoryMode::Normal, reserve_bytes: size, capacity: Some(2 * size) });
+    let manager = MemoryManager::<B>::new(
+        cpu(),
+        MemoryPolicy {
+            mode: MemoryMode::Normal,
+            reserve_bytes: size,
+            capacity: Some(2 * size),
+        },
+    );
     manager.load_models(&[&m[0]]).unwrap();
     manager.load_models(&[&m[1]]).unwrap();
-    assert_eq!((m[0].device_bytes(), m[1].device_bytes()), (0, size), "room for one model after the reserve");
+    assert_eq!(
+        (m[0].device_bytes(), m[1].device_bytes()),
+        (0, size),
+        "room for one model after the reserve"
+    );
 }
 
 #[test]
@@ -123,6 +195,13 @@ fn the_manager_never_keeps_a_model_alive_and_release_forgets_it() {
     assert_eq!(released.bytes, size);
     assert_eq!(manager.loaded().len(), 1);
     drop(m.remove(0));
-    assert!(manager.loaded().is_empty(), "a dropped model is gone, device copy and all");
-    assert_eq!(cache.stats().in_use, 2, "b and c still hold their mappings, a does not");
+    assert!(
+        manager.loaded().is_empty(),
+        "a dropped model is gone, device copy and all"
+    );
+    assert_eq!(
+        cache.stats().in_use,
+        2,
+        "b and c still hold their mappings, a does not"
+    );
 }

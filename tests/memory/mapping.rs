@@ -12,9 +12,22 @@ fn two_model_handles_on_one_file_share_one_mapping() {
     let dir = tempfile::tempdir().unwrap();
     let path = small_model(dir.path(), "shared.gguf");
     let cache = cache();
-    let a = ModelPatcher::<B>::new(Arc::new(WeightSource::open_in(&cache, &path).unwrap()), cpu(), LoadOptions::default()).unwrap();
-    let b = ModelPatcher::<B>::new(Arc::new(WeightSource::open_in(&cache, &path).unwrap()), cpu(), LoadOptions::default()).unwrap();
-    assert!(!a.shares_model_with(&b), "two loads are two models (own device copies)");
+    let a = ModelPatcher::<B>::new(
+        Arc::new(WeightSource::open_in(&cache, &path).unwrap()),
+        cpu(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let b = ModelPatcher::<B>::new(
+        Arc::new(WeightSource::open_in(&cache, &path).unwrap()),
+        cpu(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        !a.shares_model_with(&b),
+        "two loads are two models (own device copies)"
+    );
     assert!(a.source().same_mapping(b.source()), "… on one mapping");
     a.load(None).unwrap();
     b.load(None).unwrap();
@@ -23,13 +36,20 @@ fn two_model_handles_on_one_file_share_one_mapping() {
         assert_eq!(file_mappings(&identity), Some(1));
     }
     let stats = cache.stats();
-    assert_eq!((stats.misses, stats.hits, stats.live_mappings, stats.in_use), (1, 1, 1, 1));
+    assert_eq!(
+        (stats.misses, stats.hits, stats.live_mappings, stats.in_use),
+        (1, 1, 1, 1)
+    );
 
     // Every model gone: the mapping stays for the next load, which is a hit.
     drop((a, b));
     assert_eq!(cache.stats().in_use, 0);
     if cfg!(target_os = "linux") {
-        assert_eq!(file_mappings(&identity), Some(1), "dropping the models must not unmap");
+        assert_eq!(
+            file_mappings(&identity),
+            Some(1),
+            "dropping the models must not unmap"
+        );
     }
     let again = WeightSource::open_in(&cache, &path).unwrap();
     assert_eq!(cache.stats().hits, 2);

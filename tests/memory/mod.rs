@@ -37,12 +37,28 @@ pub fn values(seed: u64, n: usize) -> Vec<f32> {
 /// The small model every patcher test uses: Flux-like names, one tensor of each stored type the
 /// patcher treats differently, and a 4-D (conv) weight.
 pub const MODEL_TENSORS: [(&str, GgmlType, &[u64]); 8] = [
-    ("double_blocks.0.img_attn.qkv.weight", GgmlType::Q8_0, &[96, 64]),
+    (
+        "double_blocks.0.img_attn.qkv.weight",
+        GgmlType::Q8_0,
+        &[96, 64],
+    ),
     ("double_blocks.0.img_attn.qkv.bias", GgmlType::F32, &[96]),
-    ("double_blocks.0.img_attn.proj.weight", GgmlType::F16, &[64, 64]),
-    ("double_blocks.0.img_mod.lin.weight", GgmlType::BF16, &[32, 64]),
+    (
+        "double_blocks.0.img_attn.proj.weight",
+        GgmlType::F16,
+        &[64, 64],
+    ),
+    (
+        "double_blocks.0.img_mod.lin.weight",
+        GgmlType::BF16,
+        &[32, 64],
+    ),
     ("single_blocks.0.linear1.weight", GgmlType::Q5_1, &[16, 256]),
-    ("single_blocks.0.norm.query_norm.scale", GgmlType::F32, &[64]),
+    (
+        "single_blocks.0.norm.query_norm.scale",
+        GgmlType::F32,
+        &[64],
+    ),
     ("final_layer.linear.weight", GgmlType::Q4_0, &[16, 64]),
     ("img_in.conv.weight", GgmlType::F16, &[8, 4, 3, 3]),
 ];
@@ -52,7 +68,9 @@ pub fn small_model(dir: &Path, name: &str) -> PathBuf {
     let mut writer = GgufWriter::new();
     for (i, (tensor, ty, shape)) in MODEL_TENSORS.iter().enumerate() {
         let n = shape.iter().product::<u64>() as usize;
-        writer.add_tensor(*tensor, *ty, shape, &values(i as u64 + 1, n)).unwrap();
+        writer
+            .add_tensor(*tensor, *ty, shape, &values(i as u64 + 1, n))
+            .unwrap();
     }
     let path = dir.join(name);
     writer.write_file(&path).unwrap();
@@ -61,7 +79,12 @@ pub fn small_model(dir: &Path, name: &str) -> PathBuf {
 
 /// A patcher over `path` through a cache of its own (so that tests do not share mappings).
 pub fn patcher(cache: &MmapCache, path: &Path, options: LoadOptions) -> ModelPatcher<B> {
-    ModelPatcher::new(Arc::new(WeightSource::open_in(cache, path).unwrap()), cpu(), options).unwrap()
+    ModelPatcher::new(
+        Arc::new(WeightSource::open_in(cache, path).unwrap()),
+        cpu(),
+        options,
+    )
+    .unwrap()
 }
 
 /// A cache with the default policy, for one test.

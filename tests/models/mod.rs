@@ -16,7 +16,9 @@ use weft_nodes::models::{ModelError, TensorSource};
 use weft_tests::B;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
 }
 
 pub fn open(rel: &str) -> ModelFile {
@@ -27,7 +29,10 @@ pub fn open(rel: &str) -> ModelFile {
 pub fn reference<const D: usize>(file: &ModelFile, name: &str) -> Tensor<B, D> {
     let info = file.require(name).unwrap();
     let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
-    Tensor::from_data(TensorData::new(file.dequantize(info).unwrap(), shape), &Default::default())
+    Tensor::from_data(
+        TensorData::new(file.dequantize(info).unwrap(), shape),
+        &Default::default(),
+    )
 }
 
 /// A reference tensor's values.
@@ -37,18 +42,34 @@ pub fn values(file: &ModelFile, name: &str) -> Vec<f32> {
 
 /// Asserts `got` ≈ `want` elementwise within `rel` of the reference's largest magnitude;
 /// returns the measured max |difference| / max |want| (printed with --nocapture).
-pub fn assert_close<const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>, rel: f32) -> f32 {
+pub fn assert_close<const D: usize>(
+    what: &str,
+    got: Tensor<B, D>,
+    want: Tensor<B, D>,
+    rel: f32,
+) -> f32 {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let got = got.into_data().to_vec::<f32>().unwrap();
     let want = want.into_data().to_vec::<f32>().unwrap();
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let (worst, at) = got.iter().zip(&want).enumerate().fold((0f32, 0), |(m, at), (i, (g, w))| {
-        let d = (g - w).abs();
-        if d > m || d.is_nan() { (d, i) } else { (m, at) }
-    });
+    let (worst, at) = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .fold((0f32, 0), |(m, at), (i, (g, w))| {
+            let d = (g - w).abs();
+            if d > m || d.is_nan() { (d, i) } else { (m, at) }
+        });
     let measured = worst / scale;
-    println!("{what}: max |diff| {worst:.3e} (at {at}), max |want| {scale:.3}, relative {measured:.3e}");
-    assert!(measured <= rel, "{what}: element {at}: got {}, want {} (relative error {measured:.3e} > {rel:.0e})", got[at], want[at]);
+    println!(
+        "{what}: max |diff| {worst:.3e} (at {at}), max |want| {scale:.3}, relative {measured:.3e}"
+    );
+    assert!(
+        measured <= rel,
+        "{what}: element {at}: got {}, want {} (relative error {measured:.3e} > {rel:.0e})",
+        got[at],
+        want[at]
+    );
     measured
 }
 
@@ -64,7 +85,12 @@ pub struct Doctored<'a> {
 
 impl<'a> Doctored<'a> {
     pub fn new(file: &'a ModelFile) -> Self {
-        Doctored { file, hide: None, reshape: None, architecture: None }
+        Doctored {
+            file,
+            hide: None,
+            reshape: None,
+            architecture: None,
+        }
     }
 }
 
@@ -74,7 +100,9 @@ impl TensorSource<B> for Doctored<'_> {
     }
 
     fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
-        Box::new(<ModelFile as TensorSource<B>>::names(self.file).filter(move |n| Some(*n) != self.hide))
+        Box::new(
+            <ModelFile as TensorSource<B>>::names(self.file).filter(move |n| Some(*n) != self.hide),
+        )
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
@@ -87,7 +115,11 @@ impl TensorSource<B> for Doctored<'_> {
         }
     }
 
-    fn load(&self, name: &str, device: &burn::tensor::Device<B>) -> Result<Tensor<B, 1>, ModelError> {
+    fn load(
+        &self,
+        name: &str,
+        device: &burn::tensor::Device<B>,
+    ) -> Result<Tensor<B, 1>, ModelError> {
         <ModelFile as TensorSource<B>>::load(self.file, name, device)
     }
 

@@ -61,32 +61,65 @@ fn vae_config_comes_from_the_weights() {
     assert_eq!(flux.config(), &want);
     assert_eq!(flux.latent_format(), Some(LatentFormat::FLUX));
     let sd = load("vae/sd_vae.gguf");
-    assert_eq!(sd.config(), &VaeConfig { z_channels: 4, quant_conv: true, ..want });
+    assert_eq!(
+        sd.config(),
+        &VaeConfig {
+            z_channels: 4,
+            quant_conv: true,
+            ..want
+        }
+    );
     assert_eq!(sd.latent_format(), Some(LatentFormat::SD15));
 }
 
 #[test]
 fn latent_format_scales_and_shifts() {
     let x = Tensor::<B, 1>::from_floats([0.1159, 1.0], &Default::default());
-    let inside = LatentFormat::FLUX.process_in(x.clone()).into_data().to_vec::<f32>().unwrap();
-    assert!((inside[0]).abs() < 1e-7 && (inside[1] - (1.0 - 0.1159) * 0.3611).abs() < 1e-6, "{inside:?}");
-    let back = LatentFormat::FLUX.process_out(LatentFormat::FLUX.process_in(x)).into_data().to_vec::<f32>().unwrap();
+    let inside = LatentFormat::FLUX
+        .process_in(x.clone())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    assert!(
+        (inside[0]).abs() < 1e-7 && (inside[1] - (1.0 - 0.1159) * 0.3611).abs() < 1e-6,
+        "{inside:?}"
+    );
+    let back = LatentFormat::FLUX
+        .process_out(LatentFormat::FLUX.process_in(x))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     assert!((back[1] - 1.0).abs() < 1e-6);
 }
 
 #[test]
 fn a_dit_file_is_not_a_vae() {
-    let err = Vae::<B>::load(&open("flux/dev.gguf"), &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("dev.gguf") && err.contains("AutoencoderKL"), "{err}");
+    let err = Vae::<B>::load(&open("flux/dev.gguf"), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dev.gguf") && err.contains("AutoencoderKL"),
+        "{err}"
+    );
 }
 
 #[test]
 fn vae_wrong_shape_names_file_and_tensor() {
     let file = open("vae/flux_vae.safetensors");
     let name = "decoder.up.1.block.0.conv1.weight";
-    let source = Doctored { reshape: Some((name, vec![64, 64, 1, 1])), ..Doctored::new(&file) };
-    let err = Vae::<B>::load(&source, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("flux_vae.safetensors") && err.contains(name) && err.contains("[64, 64, 3, 3]"), "{err}");
+    let source = Doctored {
+        reshape: Some((name, vec![64, 64, 1, 1])),
+        ..Doctored::new(&file)
+    };
+    let err = Vae::<B>::load(&source, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("flux_vae.safetensors")
+            && err.contains(name)
+            && err.contains("[64, 64, 3, 3]"),
+        "{err}"
+    );
 }
 
 #[test]

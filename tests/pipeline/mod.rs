@@ -57,7 +57,11 @@ impl Bench {
         };
         std::fs::create_dir_all(&env.base_dir).unwrap();
         let registry = NodeRegistry::from_plugins(&weft_nodes::Builtin).unwrap();
-        Bench { dir, executor: Executor::new(Default::default(), env), registry }
+        Bench {
+            dir,
+            executor: Executor::new(Default::default(), env),
+            registry,
+        }
     }
 
     /// The shipped Flux workflows' models, from the fixtures: the diffusion model `unet`.
@@ -65,7 +69,10 @@ impl Bench {
         Self::new(&[
             (unet, "diffusion_models/flux1-dev-Q8_0.gguf"),
             ("vae/flux_vae.safetensors", "vae/ae.safetensors"),
-            ("pipeline/t5xxl.gguf", "text_encoders/t5-v1_1-xxl-encoder-Q8_0.gguf"),
+            (
+                "pipeline/t5xxl.gguf",
+                "text_encoders/t5-v1_1-xxl-encoder-Q8_0.gguf",
+            ),
             ("pipeline/clip_l.gguf", "text_encoders/clip_l.gguf"),
         ])
     }
@@ -79,19 +86,26 @@ impl Bench {
     pub fn graph(&self, workflow: Workflow, sets: &[String]) -> Graph<B> {
         let mut workflow = workflow;
         for set in sets {
-            workflow.apply(&self.registry, &Assignment::parse(set).unwrap()).unwrap_or_else(|e| panic!("{set}: {e}"));
+            workflow
+                .apply(&self.registry, &Assignment::parse(set).unwrap())
+                .unwrap_or_else(|e| panic!("{set}: {e}"));
         }
         Graph::build(&workflow, &self.registry).unwrap_or_else(|r| panic!("{r}"))
     }
 
     /// Runs `graph`, panicking with the error chain on failure.
     pub fn run(&mut self, graph: &Graph<B>, events: &dyn EventSink) -> RunReport {
-        self.executor.run(graph, events, &CancelToken::new()).unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+        self.executor
+            .run(graph, events, &CancelToken::new())
+            .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
     }
 
     /// Output `index` of node `id` from the last run.
     pub fn output(&self, id: &str, index: usize) -> Value<B> {
-        self.executor.outputs_of(id).unwrap_or_else(|| panic!("no cached outputs of {id}"))[index].clone()
+        self.executor
+            .outputs_of(id)
+            .unwrap_or_else(|| panic!("no cached outputs of {id}"))[index]
+            .clone()
     }
 
     pub fn image(&self, id: &str) -> Tensor<B, 4> {
@@ -129,7 +143,8 @@ impl Bench {
 
 /// A shipped workflow.
 pub fn shipped(name: &str) -> Workflow {
-    Workflow::load(&repo_root().join("workflows").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    Workflow::load(&repo_root().join("workflows").join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// A workflow from RON text.

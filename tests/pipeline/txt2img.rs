@@ -47,16 +47,31 @@ fn sets(name: &str) -> Vec<String> {
 /// Compares a finished run with case `name` of the reference; returns the image's relative error.
 fn check(bench: &Bench, name: &str) -> f32 {
     let refs = references();
-    assert_close(&format!("{name}: latent"), bench.latent("sampler"), reference(&refs, &format!("{name}.latent")), REL);
-    let measured = assert_close(&format!("{name}: image"), bench.image("decode"), reference(&refs, &format!("{name}.image")), REL);
+    assert_close(
+        &format!("{name}: latent"),
+        bench.latent("sampler"),
+        reference(&refs, &format!("{name}.latent")),
+        REL,
+    );
+    let measured = assert_close(
+        &format!("{name}: image"),
+        bench.image("decode"),
+        reference(&refs, &format!("{name}.image")),
+        REL,
+    );
     let pngs = bench.pngs();
     assert_eq!(pngs.len(), 1, "{pngs:?}");
     let bitmap = decode_png(&std::fs::read(&pngs[0]).unwrap()).unwrap();
     assert_eq!((bitmap.width, bitmap.height, bitmap.channels), (24, 16, 3));
     let want = crate::models::values(&refs, &format!("{name}.png"));
     let (differ, worst) = byte_difference(&bitmap.pixels, &want);
-    println!("{name}: PNG bytes differing from the reference: {differ} (largest difference {worst})");
-    assert!(worst <= 1 && differ <= BYTES_OFF_BY_ONE, "{name}: {differ} bytes differ, by up to {worst}");
+    println!(
+        "{name}: PNG bytes differing from the reference: {differ} (largest difference {worst})"
+    );
+    assert!(
+        worst <= 1 && differ <= BYTES_OFF_BY_ONE,
+        "{name}: {differ} bytes differ, by up to {worst}"
+    );
     measured
 }
 
@@ -86,7 +101,15 @@ Workflow(
 #[test]
 fn txt2img_from_embeddings_matches_the_reference_pipeline() {
     let c = case("embeddings");
-    assert_eq!((c["seed"].as_u64(), c["steps"].as_u64(), c["guidance"].as_f64()), (Some(42), Some(4), Some(4.0)), "the workflow above mirrors the case");
+    assert_eq!(
+        (
+            c["seed"].as_u64(),
+            c["steps"].as_u64(),
+            c["guidance"].as_f64()
+        ),
+        (Some(42), Some(4), Some(4.0)),
+        "the workflow above mirrors the case"
+    );
     let mut bench = Bench::flux("flux/dev.gguf");
     bench.input("pipeline/embeddings.safetensors", "embeddings.safetensors");
     let graph = bench.graph(parse(FROM_EMBEDDINGS), &[]);
@@ -101,12 +124,24 @@ fn txt2img_from_a_prompt_matches_the_reference_pipeline() {
     bench.run(&graph, &NoEvents);
     let refs = references();
     for side in ["positive", "negative"] {
-        let Some(weft_engine::node::Value::Conditioning(cond)) = bench.executor.outputs_of(side).map(|o| o[0].clone()) else {
+        let Some(weft_engine::node::Value::Conditioning(cond)) =
+            bench.executor.outputs_of(side).map(|o| o[0].clone())
+        else {
             panic!("{side}: no conditioning")
         };
         let entry = &cond.entries[0];
-        assert_close(&format!("{side}: T5 context"), entry.context.clone(), reference(&refs, &format!("prompt.{side}.context")), REL);
-        assert_close(&format!("{side}: CLIP pooled"), entry.pooled.clone().unwrap(), reference(&refs, &format!("prompt.{side}.pooled")), REL);
+        assert_close(
+            &format!("{side}: T5 context"),
+            entry.context.clone(),
+            reference(&refs, &format!("prompt.{side}.context")),
+            REL,
+        );
+        assert_close(
+            &format!("{side}: CLIP pooled"),
+            entry.pooled.clone().unwrap(),
+            reference(&refs, &format!("prompt.{side}.pooled")),
+            REL,
+        );
     }
     check(&bench, "prompt");
 }

@@ -13,17 +13,23 @@ use weft_nodes::sampling::model_sampling::{BetaSchedule, Parameterization};
 
 /// A fixture of tests/fixtures/sampling, parsed.
 pub fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sampling").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/sampling")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Float32 values from the fixtures' hex strings (8 hex digits of bit pattern each).
 pub fn hex_f32(value: &Value) -> Vec<f32> {
-    let text = value.as_str().unwrap_or_else(|| panic!("not a hex string: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a hex string: {value}"));
     assert_eq!(text.len() % 8, 0, "hex string length");
     (0..text.len() / 8)
-        .map(|i| f32::from_bits(u32::from_str_radix(&text[8 * i..8 * i + 8], 16).expect("hex digits")))
+        .map(|i| {
+            f32::from_bits(u32::from_str_radix(&text[8 * i..8 * i + 8], 16).expect("hex digits"))
+        })
         .collect()
 }
 
@@ -51,7 +57,11 @@ pub fn compare(what: &str, got: &[f32], want: &[f32]) -> (u64, f32) {
 
 /// The model sampling a fixture describes (`describe` in the generator).
 pub fn model_sampling(description: &Value) -> ModelSampling {
-    let number = |key: &str| description[key].as_f64().unwrap_or_else(|| panic!("{key} in {description}"));
+    let number = |key: &str| {
+        description[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {description}"))
+    };
     match description["kind"].as_str() {
         Some("discrete") => {
             let schedule = match description["beta_schedule"].as_str() {
@@ -61,7 +71,9 @@ pub fn model_sampling(description: &Value) -> ModelSampling {
             ModelSampling::discrete(Parameterization::Eps, schedule, 1000, 0.00085, 0.012).unwrap()
         }
         Some("flux") => ModelSampling::flux(number("shift")).unwrap(),
-        Some("discrete_flow") => ModelSampling::discrete_flow(number("shift"), number("multiplier")).unwrap(),
+        Some("discrete_flow") => {
+            ModelSampling::discrete_flow(number("shift"), number("multiplier")).unwrap()
+        }
         other => panic!("unknown model sampling {other:?}"),
     }
 }

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use burn::tensor::{Tensor, TensorData};
 use weft_nodes::sampling::model_sampling::{BetaSchedule, Parameterization};
 use weft_nodes::sampling::samplers::cfg_is_skipped;
-use weft_nodes::sampling::{CfgDenoiser, Denoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun, SamplingError};
+use weft_nodes::sampling::{
+    CfgDenoiser, Denoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun,
+    SamplingError,
+};
 use weft_tests::B;
 
 use super::{compare, fixture, hex_f32, model_sampling};
@@ -23,7 +26,10 @@ fn values(t: &Tensor<B, 4>) -> Vec<f32> {
 }
 
 /// The analytic model, in the same float32 order as the generator's `AnalyticModel`.
-fn analytic(target: Tensor<B, 4>, seen: &RefCell<Vec<f32>>) -> impl FnMut(Tensor<B, 4>, f32) -> Result<Tensor<B, 4>, SamplingError> + '_ {
+fn analytic(
+    target: Tensor<B, 4>,
+    seen: &RefCell<Vec<f32>>,
+) -> impl FnMut(Tensor<B, 4>, f32) -> Result<Tensor<B, 4>, SamplingError> + '_ {
     move |x, sigma| {
         seen.borrow_mut().push(sigma);
         let a = 1.0 / (1.0 + sigma * sigma);
@@ -32,14 +38,24 @@ fn analytic(target: Tensor<B, 4>, seen: &RefCell<Vec<f32>>) -> impl FnMut(Tensor
 }
 
 /// Samplers whose every operation is IEEE arithmetic (and sqrt) on both sides: bit-exact.
-const EXACT: [SamplerKind; 5] =
-    [SamplerKind::Euler, SamplerKind::EulerAncestral, SamplerKind::Heun, SamplerKind::Ddpm, SamplerKind::Lcm];
+const EXACT: [SamplerKind; 5] = [
+    SamplerKind::Euler,
+    SamplerKind::EulerAncestral,
+    SamplerKind::Heun,
+    SamplerKind::Ddpm,
+    SamplerKind::Lcm,
+];
 
 #[test]
 fn sampler_runs_match_comfyui() {
     let data = fixture("samplers.json");
     let tables = fixture("schedules.json")["tables"].clone();
-    let dims: Vec<usize> = data["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let dims: Vec<usize> = data["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
     let shape = [dims[0], dims[1], dims[2], dims[3]];
     let seed = data["seed"].as_u64().unwrap();
     let noise = hex_f32(&data["noise"]);
@@ -53,37 +69,88 @@ fn sampler_runs_match_comfyui() {
         let ms: ModelSampling = model_sampling(&tables[model]);
         let sampler = SamplerKind::from_name(run["sampler"].as_str().unwrap()).unwrap();
         let sigmas = hex_f32(&run["sigmas"]);
-        let latent = if run["latent"] == "zeros" { vec![0.0; noise.len()] } else { img2img.clone() };
-        let what = format!("{model} {} ({} {} steps, denoise {})", sampler.name(), run["scheduler"], run["steps"], run["denoise"]);
+        let latent = if run["latent"] == "zeros" {
+            vec![0.0; noise.len()]
+        } else {
+            img2img.clone()
+        };
+        let what = format!(
+            "{model} {} ({} {} steps, denoise {})",
+            sampler.name(),
+            run["scheduler"],
+            run["steps"],
+            run["denoise"]
+        );
 
         let seen_sigmas = RefCell::new(Vec::new());
         let steps_seen = RefCell::new(Vec::new());
         let mut denoiser = analytic(target.clone(), &seen_sigmas);
-        let mut hooks = SamplerHooks::none().on_step(|step| steps_seen.borrow_mut().push((values(step.x), values(step.denoised))));
-        let out = SamplerRun { sampler, model_sampling: &ms, sigmas: &sigmas, seed }
-            .run(&mut denoiser, tensor(noise.clone(), shape), tensor(latent, shape), &mut hooks)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut hooks = SamplerHooks::none().on_step(|step| {
+            steps_seen
+                .borrow_mut()
+                .push((values(step.x), values(step.denoised)))
+        });
+        let out = SamplerRun {
+            sampler,
+            model_sampling: &ms,
+            sigmas: &sigmas,
+            seed,
+        }
+        .run(
+            &mut denoiser,
+            tensor(noise.clone(), shape),
+            tensor(latent, shape),
+            &mut hooks,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         drop(hooks);
 
-        let mut run_worst = compare(&format!("{what}: model sigmas"), &seen_sigmas.borrow(), &hex_f32(&run["model_sigmas"]));
+        let mut run_worst = compare(
+            &format!("{what}: model sigmas"),
+            &seen_sigmas.borrow(),
+            &hex_f32(&run["model_sigmas"]),
+        );
         let want_steps = run["steps_seen"].as_array().unwrap();
-        assert_eq!(steps_seen.borrow().len(), want_steps.len(), "{what}: progress reports");
+        assert_eq!(
+            steps_seen.borrow().len(),
+            want_steps.len(),
+            "{what}: progress reports"
+        );
         for (i, ((x, denoised), want)) in steps_seen.borrow().iter().zip(want_steps).enumerate() {
-            for (got, want, name) in [(x, &want["x"], "x"), (denoised, &want["denoised"], "denoised")] {
+            for (got, want, name) in [
+                (x, &want["x"], "x"),
+                (denoised, &want["denoised"], "denoised"),
+            ] {
                 let (ulps, abs) = compare(&format!("{what}: step {i} {name}"), got, &hex_f32(want));
                 run_worst = (run_worst.0.max(ulps), run_worst.1.max(abs));
             }
         }
-        let (ulps, abs) = compare(&format!("{what}: result"), &values(&out), &hex_f32(&run["out"]));
+        let (ulps, abs) = compare(
+            &format!("{what}: result"),
+            &values(&out),
+            &hex_f32(&run["out"]),
+        );
         run_worst = (run_worst.0.max(ulps), run_worst.1.max(abs));
         if EXACT.contains(&sampler) {
-            assert_eq!(run_worst.0, 0, "{what}: not bit-exact (max abs {:e})", run_worst.1);
+            assert_eq!(
+                run_worst.0, 0,
+                "{what}: not bit-exact (max abs {:e})",
+                run_worst.1
+            );
         }
-        assert!(run_worst.1 <= 2e-5, "{what}: max abs difference {:e}", run_worst.1);
+        assert!(
+            run_worst.1 <= 2e-5,
+            "{what}: max abs difference {:e}",
+            run_worst.1
+        );
         let entry = worst.entry((model.to_owned(), sampler.name())).or_default();
         *entry = (entry.0.max(run_worst.0), entry.1.max(run_worst.1));
     }
-    assert_eq!(runs.len(), 3 * 11 * 2, "3 model samplings x 11 samplers x 2 runs");
+    assert_eq!(
+        runs.len(),
+        3 * 11 * 2,
+        "3 model samplings x 11 samplers x 2 runs"
+    );
     for ((model, sampler), (ulps, abs)) in &worst {
         eprintln!("{model:>10} {sampler:>18}: max {ulps} ulp, max abs {abs:e}");
     }
@@ -98,7 +165,13 @@ fn small_run(
     let shape = [1, 2, 4, 4];
     let target = tensor(vec![0.5; 32], shape);
     let mut denoiser = analytic(target, calls);
-    SamplerRun { sampler: SamplerKind::Heun, model_sampling: &ms, sigmas, seed: 0 }.run(
+    SamplerRun {
+        sampler: SamplerKind::Heun,
+        model_sampling: &ms,
+        sigmas,
+        seed: 0,
+    }
+    .run(
         &mut denoiser,
         tensor(weft_nodes::sampling::torch_randn(0, &shape), shape),
         tensor(vec![0.0; 32], shape),
@@ -111,11 +184,19 @@ fn progress_is_reported_once_per_step_and_cancel_stops_before_the_model() {
     let sigmas = [14.6, 7.0, 2.0, 0.5, 0.0];
     let calls = RefCell::new(Vec::new());
     let mut reported = Vec::new();
-    let mut hooks = SamplerHooks::none().on_step(|step| reported.push((step.step, step.total_steps, step.sigma)));
+    let mut hooks = SamplerHooks::none()
+        .on_step(|step| reported.push((step.step, step.total_steps, step.sigma)));
     small_run(&mut hooks, &calls, &sigmas).unwrap();
     drop(hooks);
-    assert_eq!(reported, vec![(0, 4, 14.6), (1, 4, 7.0), (2, 4, 2.0), (3, 4, 0.5)]);
-    assert_eq!(calls.borrow().len(), 7, "heun: two calls per step, one on the last");
+    assert_eq!(
+        reported,
+        vec![(0, 4, 14.6), (1, 4, 7.0), (2, 4, 2.0), (3, 4, 0.5)]
+    );
+    assert_eq!(
+        calls.borrow().len(),
+        7,
+        "heun: two calls per step, one on the last"
+    );
 
     let calls = RefCell::new(Vec::new());
     let mut hooks = SamplerHooks::none().cancel_when(|| calls.borrow().len() >= 3);
@@ -135,24 +216,52 @@ fn bad_inputs_are_errors_and_no_sigmas_pass_the_latent_through() {
 
     let ms = ModelSampling::sd1();
     let mut denoiser = |x: Tensor<B, 4>, _: f32| Ok(x);
-    let error = SamplerRun { sampler: SamplerKind::Euler, model_sampling: &ms, sigmas: &[1.0, 0.0], seed: 0 }
-        .run(&mut denoiser, tensor(vec![0.0; 32], [1, 2, 4, 4]), tensor(vec![0.0; 16], [1, 1, 4, 4]), &mut SamplerHooks::none())
-        .unwrap_err();
-    assert!(matches!(error, SamplingError::ShapeMismatch { .. }), "{error}");
+    let error = SamplerRun {
+        sampler: SamplerKind::Euler,
+        model_sampling: &ms,
+        sigmas: &[1.0, 0.0],
+        seed: 0,
+    }
+    .run(
+        &mut denoiser,
+        tensor(vec![0.0; 32], [1, 2, 4, 4]),
+        tensor(vec![0.0; 16], [1, 1, 4, 4]),
+        &mut SamplerHooks::none(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(error, SamplingError::ShapeMismatch { .. }),
+        "{error}"
+    );
 }
 
 #[test]
 fn parameterizations_match_comfyui() {
     let data = fixture("samplers.json");
-    let dims: Vec<usize> = data["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    let dims: Vec<usize> = data["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
     let shape = [dims[0], dims[1], dims[2], dims[3]];
     let noise = tensor(hex_f32(&data["noise"]), shape);
     let target = tensor(hex_f32(&data["target"]), shape);
     let latent = tensor(hex_f32(&data["img2img_latent"]), shape);
     let eps = ModelSampling::sd1();
-    let v = ModelSampling::discrete(Parameterization::VPrediction, BetaSchedule::Linear, 1000, 0.00085, 0.012).unwrap();
+    let v = ModelSampling::discrete(
+        Parameterization::VPrediction,
+        BetaSchedule::Linear,
+        1000,
+        0.00085,
+        0.012,
+    )
+    .unwrap();
     let flow = ModelSampling::flux(1.15).unwrap();
-    for case in data["parameterizations"].as_array().expect("parameterizations") {
+    for case in data["parameterizations"]
+        .as_array()
+        .expect("parameterizations")
+    {
         let ms = match case["parameterization"].as_str() {
             Some("eps") => &eps,
             Some("v") => &v,
@@ -162,10 +271,22 @@ fn parameterizations_match_comfyui() {
         let what = format!("{} at sigma {sigma}", case["parameterization"]);
         let outputs = [
             ("calculate_input", ms.calculate_input(sigma, noise.clone())),
-            ("calculate_denoised", ms.calculate_denoised(sigma, target.clone(), noise.clone())),
-            ("noise_scaling", ms.noise_scaling(sigma, noise.clone(), latent.clone(), false)),
-            ("noise_scaling_max", ms.noise_scaling(sigma, noise.clone(), latent.clone(), true)),
-            ("inverse_noise_scaling", ms.inverse_noise_scaling(sigma, target.clone())),
+            (
+                "calculate_denoised",
+                ms.calculate_denoised(sigma, target.clone(), noise.clone()),
+            ),
+            (
+                "noise_scaling",
+                ms.noise_scaling(sigma, noise.clone(), latent.clone(), false),
+            ),
+            (
+                "noise_scaling_max",
+                ms.noise_scaling(sigma, noise.clone(), latent.clone(), true),
+            ),
+            (
+                "inverse_noise_scaling",
+                ms.inverse_noise_scaling(sigma, target.clone()),
+            ),
         ];
         for (name, got) in outputs {
             let (ulps, abs) = compare(&what, &values(&got), &hex_f32(&case[name]));
@@ -183,24 +304,46 @@ fn cfg_denoiser_guides_and_skips_the_negative_pass_at_cfg_1() {
     // A "network" whose velocity is x + 1 for the positive prompt and x - 1 for the negative one.
     let model = |input: Tensor<B, 4>, timestep: f32, guidance: Guidance| {
         passes.borrow_mut().push((timestep, guidance));
-        Ok(input.add_scalar(if guidance == Guidance::Positive { 1.0 } else { -1.0 }))
+        Ok(input.add_scalar(if guidance == Guidance::Positive {
+            1.0
+        } else {
+            -1.0
+        }))
     };
     let sigma = 0.75;
     let cond = ms.calculate_denoised(sigma, x.clone().add_scalar(1.0), x.clone());
     let uncond = ms.calculate_denoised(sigma, x.clone().add_scalar(-1.0), x.clone());
 
-    let got = CfgDenoiser::new(&ms, 1.0, model).denoise(x.clone(), sigma).unwrap();
-    assert_eq!(values(&got), values(&cond), "cfg 1: the positive estimate itself");
-    assert_eq!(*passes.borrow(), vec![(sigma, Guidance::Positive)], "one pass, timestep = sigma for Flux");
+    let got = CfgDenoiser::new(&ms, 1.0, model)
+        .denoise(x.clone(), sigma)
+        .unwrap();
+    assert_eq!(
+        values(&got),
+        values(&cond),
+        "cfg 1: the positive estimate itself"
+    );
+    assert_eq!(
+        *passes.borrow(),
+        vec![(sigma, Guidance::Positive)],
+        "one pass, timestep = sigma for Flux"
+    );
 
     passes.borrow_mut().clear();
     let model = |input: Tensor<B, 4>, _: f32, guidance: Guidance| {
         passes.borrow_mut().push((0.0, guidance));
-        Ok(input.add_scalar(if guidance == Guidance::Positive { 1.0 } else { -1.0 }))
+        Ok(input.add_scalar(if guidance == Guidance::Positive {
+            1.0
+        } else {
+            -1.0
+        }))
     };
     let got = CfgDenoiser::new(&ms, 3.5, model).denoise(x, sigma).unwrap();
     let want = uncond.clone() + (cond - uncond).mul_scalar(3.5);
-    assert_eq!(values(&got), values(&want), "uncond + (cond - uncond) * cfg");
+    assert_eq!(
+        values(&got),
+        values(&want),
+        "uncond + (cond - uncond) * cfg"
+    );
     assert_eq!(passes.borrow().len(), 2);
     assert!(cfg_is_skipped(1.0) && cfg_is_skipped(1.0 + 1e-12) && !cfg_is_skipped(1.01));
 }

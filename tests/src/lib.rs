@@ -9,8 +9,8 @@ use std::time::Duration;
 use weft_engine::exec::{CancelToken, EventLog, ExecError, Executor, RunReport};
 use weft_engine::graph::{Graph, ValidationReport, Workflow};
 use weft_engine::node::{
-    Fingerprint, Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Object, Outputs, ParamSpec, PortType,
-    RunEnv, Value,
+    Fingerprint, Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Object, Outputs,
+    ParamSpec, PortType, RunEnv, Value,
 };
 use weft_engine::registry::{NodeRegistry, Plugin};
 
@@ -19,7 +19,10 @@ pub type B = burn::backend::Flex;
 
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
 }
 
 /// What the test plugin's nodes saw: how often each node ran, in which order, and what sinks received.
@@ -34,7 +37,12 @@ pub struct Probe {
 
 impl Probe {
     fn ran(&self, node_id: &str) {
-        *self.runs.lock().unwrap().entry(node_id.to_owned()).or_default() += 1;
+        *self
+            .runs
+            .lock()
+            .unwrap()
+            .entry(node_id.to_owned())
+            .or_default() += 1;
         self.order.lock().unwrap().push(node_id.to_owned());
     }
 
@@ -107,7 +115,12 @@ impl<Bk: Backend> Node<Bk> for TestConst {
             .param(ParamSpec::int("value").range(-1000, 1000))
             .output("INT", PortType::INT)
     }
-    fn run(&self, p: ValueParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        p: ValueParams,
+        _: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         Ok(Outputs::one(Value::Int(p.value)))
     }
@@ -124,9 +137,16 @@ impl<Bk: Backend> Node<Bk> for TestAdd {
             .input("b", PortType::INT)
             .output("INT", PortType::INT)
     }
-    fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
-        Ok(Outputs::one(Value::Int(inputs.int("a")? + inputs.int("b")?)))
+        Ok(Outputs::one(Value::Int(
+            inputs.int("a")? + inputs.int("b")?,
+        )))
     }
 }
 
@@ -150,10 +170,19 @@ impl<Bk: Backend> Node<Bk> for TestScale {
             .output("INT", PortType::INT)
             .output("DOUBLE", PortType::INT)
     }
-    fn run(&self, p: ScaleParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        p: ScaleParams,
+        inputs: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         let v = inputs.int("value")?;
-        let out = if p.mode == "add" { v + p.factor } else { v * p.factor };
+        let out = if p.mode == "add" {
+            v + p.factor
+        } else {
+            v * p.factor
+        };
         Ok(Outputs::one(Value::Int(out)).with(Value::Int(2 * out)))
     }
 }
@@ -164,11 +193,23 @@ struct TestRecord(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestRecord {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestRecord").category("test").input("value", PortType::INT).output_node()
+        NodeSchema::new("TestRecord")
+            .category("test")
+            .input("value", PortType::INT)
+            .output_node()
     }
-    fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
-        self.0.recorded.lock().unwrap().push((ctx.node_id().to_owned(), inputs.int("value")?));
+        self.0
+            .recorded
+            .lock()
+            .unwrap()
+            .push((ctx.node_id().to_owned(), inputs.int("value")?));
         Ok(Outputs::none())
     }
 }
@@ -178,9 +219,17 @@ struct TestCounter(Arc<Probe>, Mutex<i64>);
 impl<Bk: Backend> Node<Bk> for TestCounter {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestCounter").category("test").output("INT", PortType::INT).always_run()
+        NodeSchema::new("TestCounter")
+            .category("test")
+            .output("INT", PortType::INT)
+            .always_run()
     }
-    fn run(&self, _: NoParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        _: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         let mut n = self.1.lock().unwrap();
         *n += 1;
@@ -209,14 +258,23 @@ impl<Bk: Backend> Node<Bk> for TestSteps {
             .param(ParamSpec::int("delay_ms").default(0).range(0, 1000))
             .output("INT", PortType::INT)
     }
-    fn run(&self, p: StepsParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        p: StepsParams,
+        _: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         for step in 1..=p.steps {
             ctx.check_cancelled()?;
             if p.delay_ms > 0 {
                 std::thread::sleep(Duration::from_millis(p.delay_ms as u64));
             }
-            self.0.recorded.lock().unwrap().push((format!("{}:step", ctx.node_id()), step));
+            self.0
+                .recorded
+                .lock()
+                .unwrap()
+                .push((format!("{}:step", ctx.node_id()), step));
             ctx.progress(step as u64, p.steps as u64);
             if step == p.cancel_at {
                 self.0.cancel.cancel();
@@ -242,7 +300,12 @@ impl<Bk: Backend> Node<Bk> for TestFail {
             .param(ParamSpec::string("message"))
             .output("INT", PortType::INT)
     }
-    fn run(&self, p: FailParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        p: FailParams,
+        _: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         Err(NodeError::msg(p.message))
     }
@@ -258,15 +321,29 @@ struct TestFileSize(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestFileSize {
     type Params = PathParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestFileSize").category("test").param(ParamSpec::string("path")).output("INT", PortType::INT)
+        NodeSchema::new("TestFileSize")
+            .category("test")
+            .param(ParamSpec::string("path"))
+            .output("INT", PortType::INT)
     }
-    fn fingerprint(&self, p: &PathParams, ctx: &NodeContext<'_, Bk>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        p: &PathParams,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Fingerprint, NodeError> {
         Fingerprint::none().file(&ctx.resolve_path(&p.path))
     }
-    fn run(&self, p: PathParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        p: PathParams,
+        _: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         let path = ctx.resolve_path(&p.path);
-        let len = std::fs::metadata(&path).map_err(|e| NodeError::io(&path, e))?.len();
+        let len = std::fs::metadata(&path)
+            .map_err(|e| NodeError::io(&path, e))?
+            .len();
         Ok(Outputs::one(Value::Int(len as i64)))
     }
 }
@@ -282,11 +359,17 @@ impl<Bk: Backend> Node<Bk> for TestMakePair {
             .input("b", PortType::INT)
             .output("PAIR", PAIR)
     }
-    fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         // Records its release (after its last consumer) in the run order, as "released <id>".
         let (probe, released) = (self.0.clone(), format!("released {}", ctx.node_id()));
-        let pair = Object::new(PAIR, Pair(inputs.int("a")?, inputs.int("b")?)).release_after_last_use(move || probe.ran(&released));
+        let pair = Object::new(PAIR, Pair(inputs.int("a")?, inputs.int("b")?))
+            .release_after_last_use(move || probe.ran(&released));
         Ok(Outputs::one(Value::Object(pair)))
     }
 }
@@ -296,9 +379,17 @@ struct TestPairSum(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestPairSum {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestPairSum").category("test").input("pair", PAIR).output("INT", PortType::INT)
+        NodeSchema::new("TestPairSum")
+            .category("test")
+            .input("pair", PAIR)
+            .output("INT", PortType::INT)
     }
-    fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         let pair = inputs.object::<Pair>("pair")?;
         Ok(Outputs::one(Value::Int(pair.0 + pair.1)))
@@ -310,9 +401,17 @@ struct TestPairDiff(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestPairDiff {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestPairDiff").category("test").input("pair", PAIR).output("INT", PortType::INT)
+        NodeSchema::new("TestPairDiff")
+            .category("test")
+            .input("pair", PAIR)
+            .output("INT", PortType::INT)
     }
-    fn run(&self, _: NoParams, inputs: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         let pair = inputs.object::<Pair>("pair")?;
         Ok(Outputs::one(Value::Int(pair.0 - pair.1)))
@@ -324,9 +423,16 @@ struct TestBadOutputs(Arc<Probe>);
 impl<Bk: Backend> Node<Bk> for TestBadOutputs {
     type Params = NoParams;
     fn schema(&self) -> NodeSchema {
-        NodeSchema::new("TestBadOutputs").category("test").output("INT", PortType::INT)
+        NodeSchema::new("TestBadOutputs")
+            .category("test")
+            .output("INT", PortType::INT)
     }
-    fn run(&self, _: NoParams, _: Inputs<Bk>, ctx: &NodeContext<'_, Bk>) -> Result<Outputs<Bk>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        _: Inputs<Bk>,
+        ctx: &NodeContext<'_, Bk>,
+    ) -> Result<Outputs<Bk>, NodeError> {
         self.0.ran(ctx.node_id());
         Ok(Outputs::one(Value::String("not an int".to_owned())))
     }
@@ -368,8 +474,11 @@ impl Harness {
     pub fn new() -> Self {
         let plugin = TestPlugin::default();
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let env =
-            RunEnv { output_dir: dir.path().join("output"), base_dir: dir.path().to_owned(), ..RunEnv::default() };
+        let env = RunEnv {
+            output_dir: dir.path().join("output"),
+            base_dir: dir.path().to_owned(),
+            ..RunEnv::default()
+        };
         Harness {
             probe: plugin.probe.clone(),
             registry: registry(&plugin),
@@ -393,7 +502,8 @@ impl Harness {
     /// Validates and runs `source`, panicking on failure.
     pub fn run(&mut self, source: &str) -> RunReport {
         let graph = self.graph(source);
-        self.run_graph(&graph).unwrap_or_else(|e| panic!("run failed: {}", weft_engine::exec::error_chain(&e)))
+        self.run_graph(&graph)
+            .unwrap_or_else(|e| panic!("run failed: {}", weft_engine::exec::error_chain(&e)))
     }
 }
 

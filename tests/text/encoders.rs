@@ -24,7 +24,9 @@ fn ids(reference_file: &ModelFile, name: &str) -> Vec<Vec<u32>> {
     let t: Tensor<B, 2> = reference(reference_file, name);
     let [b, l] = t.dims();
     let v = t.into_data().to_vec::<f32>().unwrap();
-    (0..b).map(|i| v[i * l..(i + 1) * l].iter().map(|&x| x as u32).collect()).collect()
+    (0..b)
+        .map(|i| v[i * l..(i + 1) * l].iter().map(|&x| x as u32).collect())
+        .collect()
 }
 
 fn check_clip(model_file: &str, tag: &str) {
@@ -32,15 +34,42 @@ fn check_clip(model_file: &str, tag: &str) {
     let file = open(model_file);
     let device = Default::default();
     let model = ClipTextModel::<B>::load(&file, Some(4), &device).unwrap();
-    assert_eq!((model.config.hidden, model.config.layers, model.config.vocab_size), (32, 3, 1000));
+    assert_eq!(
+        (
+            model.config.hidden,
+            model.config.layers,
+            model.config.vocab_size
+        ),
+        (32, 3, 1000)
+    );
     let ids = ids(&refs, "clip.ids");
     let out = model.forward(&ids, Some(-2)).unwrap();
     let name = |k: &str| format!("clip.{tag}.{k}");
-    assert_close(&name("last"), out.last_hidden, reference(&refs, &name("last")), REL);
+    assert_close(
+        &name("last"),
+        out.last_hidden,
+        reference(&refs, &name("last")),
+        REL,
+    );
     let penultimate = out.intermediate.unwrap();
-    assert_close(&name("penultimate"), penultimate.clone(), reference(&refs, &name("penultimate")), REL);
-    assert_close(&name("penultimate_normed"), model.final_layer_norm(penultimate), reference(&refs, &name("penultimate_normed")), REL);
-    assert_close(&name("pooled"), out.pooled, reference(&refs, &name("pooled")), REL);
+    assert_close(
+        &name("penultimate"),
+        penultimate.clone(),
+        reference(&refs, &name("penultimate")),
+        REL,
+    );
+    assert_close(
+        &name("penultimate_normed"),
+        model.final_layer_norm(penultimate),
+        reference(&refs, &name("penultimate_normed")),
+        REL,
+    );
+    assert_close(
+        &name("pooled"),
+        out.pooled,
+        reference(&refs, &name("pooled")),
+        REL,
+    );
 }
 
 #[test]
@@ -57,9 +86,19 @@ fn check_t5(model_file: &str, tag: &str) {
     let refs = open("reference.safetensors");
     let file = open(model_file);
     let model = T5Encoder::<B>::load(&file, &Default::default()).unwrap();
-    assert_eq!((model.config.d_model, model.config.heads, model.config.layers, model.config.buckets), (32, 4, 3, 32));
+    assert_eq!(
+        (
+            model.config.d_model,
+            model.config.heads,
+            model.config.layers,
+            model.config.buckets
+        ),
+        (32, 4, 3, 32)
+    );
     for input in ["short", "long"] {
-        let got = model.forward(&ids(&refs, &format!("t5.ids_{input}"))).unwrap();
+        let got = model
+            .forward(&ids(&refs, &format!("t5.ids_{input}")))
+            .unwrap();
         let what = format!("t5.{tag}.{input}");
         assert_close(&what, got, reference(&refs, &what), REL);
     }
@@ -93,17 +132,35 @@ fn token_weights_interpolate_from_the_empty_prompt() {
     let z = Tensor::<B, 1>::from_floats([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &device).reshape([1, 3, 2]);
     let e = Tensor::<B, 1>::from_floats([0.5, 0.5, 1.0, 1.0, 2.0, 2.0], &device).reshape([1, 3, 2]);
     let out = apply_token_weights(z, e, &[1.0, 1.5, 0.0]).unwrap();
-    assert_eq!(out.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 4.0, 5.5, 2.0, 2.0]);
+    assert_eq!(
+        out.into_data().to_vec::<f32>().unwrap(),
+        vec![1.0, 2.0, 4.0, 5.5, 2.0, 2.0]
+    );
 }
 
 #[test]
 fn missing_tensor_names_file_and_tensor() {
     let file = open("t5.gguf");
-    let doctored = crate::models::Doctored { hide: Some("enc.blk.1.ffn_up.weight"), ..crate::models::Doctored::new(&file) };
-    let err = T5Encoder::<B>::load(&doctored, &Default::default()).err().unwrap().to_string();
-    assert!(err.contains("t5.gguf") && err.contains("enc.blk.1.ffn_up.weight"), "{err}");
-    let err = ClipTextModel::<B>::load(&file, None, &Default::default()).err().unwrap().to_string();
-    assert!(err.contains("t5.gguf") && err.contains("not a CLIP text encoder"), "{err}");
+    let doctored = crate::models::Doctored {
+        hide: Some("enc.blk.1.ffn_up.weight"),
+        ..crate::models::Doctored::new(&file)
+    };
+    let err = T5Encoder::<B>::load(&doctored, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("t5.gguf") && err.contains("enc.blk.1.ffn_up.weight"),
+        "{err}"
+    );
+    let err = ClipTextModel::<B>::load(&file, None, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("t5.gguf") && err.contains("not a CLIP text encoder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -114,14 +171,27 @@ fn weighted_chunks_encode_as_comfyui() {
     use weft_nodes::text::encode::{empty_chunk_ids, encode_t5};
     let file = open("t5.gguf");
     let model = T5Encoder::<B>::load(&file, &Default::default()).unwrap();
-    let layout = ChunkLayout { end: 1, pad: 0, ..ChunkLayout::flux_t5(8) };
+    let layout = ChunkLayout {
+        end: 1,
+        pad: 0,
+        ..ChunkLayout::flux_t5(8)
+    };
     let ids: Vec<u32> = vec![17, 42, 99, 5, 1, 0, 0, 0];
-    let plain = TokenChunk { ids: ids.clone(), weights: vec![1.0; 8] };
+    let plain = TokenChunk {
+        ids: ids.clone(),
+        weights: vec![1.0; 8],
+    };
     let got = encode_t5(&model, std::slice::from_ref(&plain), &layout).unwrap();
-    assert_eq!(got.to_data(), model.forward(std::slice::from_ref(&ids)).unwrap().to_data());
+    assert_eq!(
+        got.to_data(),
+        model.forward(std::slice::from_ref(&ids)).unwrap().to_data()
+    );
 
     let weights = vec![1.0, 1.2, 1.2, 0.5, 1.0, 1.0, 1.0, 1.0];
-    let weighted = TokenChunk { ids: ids.clone(), weights: weights.clone() };
+    let weighted = TokenChunk {
+        ids: ids.clone(),
+        weights: weights.clone(),
+    };
     let got = encode_t5(&model, &[weighted], &layout).unwrap();
     assert_eq!(empty_chunk_ids(&layout, 8), vec![1, 0, 0, 0, 0, 0, 0, 0]);
     let both = model.forward(&[ids, empty_chunk_ids(&layout, 8)]).unwrap();
@@ -130,5 +200,8 @@ fn weighted_chunks_encode_as_comfyui() {
     let want = apply_token_weights(z.clone(), e, &weights).unwrap();
     assert_close("weighted T5 chunk", got.clone(), want, 0.0);
     // Tokens of weight 1.0 are the plain encoding of the batch, bit for bit.
-    assert_eq!(got.slice([0..1, 0..1, 0..32]).to_data(), z.slice([0..1, 0..1, 0..32]).to_data());
+    assert_eq!(
+        got.slice([0..1, 0..1, 0..32]).to_data(),
+        z.slice([0..1, 0..1, 0..32]).to_data()
+    );
 }

@@ -19,14 +19,23 @@ fn corpus() -> &'static [Value] {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// A fixture chunk {"ids", "weights"?, "pad"} expanded to ids and weights.
 fn chunk(v: &Value, pad: u32) -> TokenChunk {
     let mut ids = ids(&v["ids"]);
     let mut weights: Vec<f64> = match v.get("weights") {
-        Some(w) => w.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect(),
+        Some(w) => w
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect(),
         None => vec![1.0; ids.len()],
     };
     let n_pad = v["pad"].as_u64().unwrap() as usize;
@@ -44,8 +53,17 @@ fn all_cases(what: &str, mut check: impl FnMut(&Value) -> Result<bool, TextError
         .filter(|case| !check(case).unwrap_or_else(|e| panic!("{what}: {e}")))
         .map(|case| format!("{:?}", case["prompt"].as_str().unwrap()))
         .collect();
-    println!("{what}: {} of {} prompts identical", cases.len() - failing.len(), cases.len());
-    assert!(failing.is_empty(), "{what}: {} prompts differ:\n{}", failing.len(), failing.join("\n"));
+    println!(
+        "{what}: {} of {} prompts identical",
+        cases.len() - failing.len(),
+        cases.len()
+    );
+    assert!(
+        failing.is_empty(),
+        "{what}: {} prompts differ:\n{}",
+        failing.len(),
+        failing.join("\n")
+    );
 }
 
 fn clip() -> &'static ClipTokenizer {
@@ -60,22 +78,29 @@ fn t5_builtin() -> &'static T5Tokenizer {
 
 fn t5_gguf() -> &'static T5Tokenizer {
     static TOKENIZER: OnceLock<T5Tokenizer> = OnceLock::new();
-    TOKENIZER.get_or_init(|| match ModelFile::open(fixture("t5_tokenizer.gguf")).unwrap() {
-        ModelFile::Gguf(f) => T5Tokenizer::from_gguf(&f).unwrap(),
-        ModelFile::Safetensors(_) => unreachable!(),
-    })
+    TOKENIZER.get_or_init(
+        || match ModelFile::open(fixture("t5_tokenizer.gguf")).unwrap() {
+            ModelFile::Gguf(f) => T5Tokenizer::from_gguf(&f).unwrap(),
+            ModelFile::Safetensors(_) => unreachable!(),
+        },
+    )
 }
 
 #[test]
 fn clip_ids_match_transformers() {
     assert_eq!(clip().vocab_size(), 49408);
-    all_cases("CLIP ids", |case| Ok(clip().encode_with_specials(case["prompt"].as_str().unwrap())? == ids(&case["clip"])));
+    all_cases("CLIP ids", |case| {
+        Ok(clip().encode_with_specials(case["prompt"].as_str().unwrap())? == ids(&case["clip"]))
+    });
 }
 
 #[test]
 fn t5_builtin_ids_match_transformers() {
     all_cases("T5 ids (built-in vocabulary)", |case| {
-        Ok(t5_builtin().encode_with_specials(case["prompt"].as_str().unwrap())? == ids(&case["t5"]))
+        Ok(
+            t5_builtin().encode_with_specials(case["prompt"].as_str().unwrap())?
+                == ids(&case["t5"]),
+        )
     });
 }
 
@@ -102,7 +127,12 @@ fn prompt_weights_match_comfyui() {
 #[test]
 fn clip_chunks_match_comfyui() {
     all_cases("CLIP-L weighted chunks", |case| {
-        let want: Vec<TokenChunk> = case["clip_chunks"].as_array().unwrap().iter().map(|c| chunk(c, 49407)).collect();
+        let want: Vec<TokenChunk> = case["clip_chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| chunk(c, 49407))
+            .collect();
         let got = clip().tokenize_with_weights(case["prompt"].as_str().unwrap())?;
         Ok(got.iter().all(|c| c.ids.len() == 77) && got == want)
     });
@@ -111,7 +141,12 @@ fn clip_chunks_match_comfyui() {
 #[test]
 fn t5_chunks_match_comfyui() {
     all_cases("T5-XXL weighted chunk (min length 256)", |case| {
-        let want: Vec<TokenChunk> = case["t5_chunks"].as_array().unwrap().iter().map(|c| chunk(c, 0)).collect();
+        let want: Vec<TokenChunk> = case["t5_chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| chunk(c, 0))
+            .collect();
         let got = t5_gguf().tokenize_with_weights(case["prompt"].as_str().unwrap(), 256)?;
         Ok(got.len() == 1 && got[0].ids.len() >= 256 && got == want)
     });
@@ -123,7 +158,9 @@ fn long_prompts_span_chunks() {
     let chunks = clip().tokenize_with_weights(&"word ".repeat(76)).unwrap();
     assert_eq!(chunks.len(), 2);
     assert_eq!((chunks[0].ids[0], chunks[0].ids[76]), (49406, 49407));
-    let t5 = t5_builtin().tokenize_with_weights(&"tok ".repeat(300), 256).unwrap();
+    let t5 = t5_builtin()
+        .tokenize_with_weights(&"tok ".repeat(300), 256)
+        .unwrap();
     assert_eq!(t5.len(), 1, "T5 is never cut");
     assert!(t5[0].ids.len() > 256 && *t5[0].ids.last().unwrap() == 1);
 }
@@ -134,8 +171,14 @@ fn bad_t5_metadata_is_an_error_naming_the_key() {
         ModelFile::Gguf(f) => f,
         ModelFile::Safetensors(_) => unreachable!(),
     };
-    let err = T5Tokenizer::from_gguf(&file).err().expect("a model file without a vocabulary").to_string();
-    assert!(err.contains("t5.gguf") && err.contains("tokenizer.ggml.model"), "{err}");
+    let err = T5Tokenizer::from_gguf(&file)
+        .err()
+        .expect("a model file without a vocabulary")
+        .to_string();
+    assert!(
+        err.contains("t5.gguf") && err.contains("tokenizer.ggml.model"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,7 +197,13 @@ fn corrupt_charsmap_is_an_error_not_a_panic() {
         unit[3] = 0x7f;
     }
     for (what, bad) in [("truncated", short), ("scrambled", scrambled)] {
-        let err = T5Tokenizer::new(bad, "test.gguf").err().unwrap_or_else(|| panic!("{what} charsmap accepted")).to_string();
-        assert!(err.contains("test.gguf") && err.contains("charsmap"), "{what}: {err}");
+        let err = T5Tokenizer::new(bad, "test.gguf")
+            .err()
+            .unwrap_or_else(|| panic!("{what} charsmap accepted"))
+            .to_string();
+        assert!(
+            err.contains("test.gguf") && err.contains("charsmap"),
+            "{what}: {err}"
+        );
     }
 }

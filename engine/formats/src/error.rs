@@ -11,10 +11,21 @@ pub enum GgufParseError {
     BigEndian(u32),
     #[error("unsupported GGUF version {0} (supported: 2, 3)")]
     UnsupportedVersion(u32),
-    #[error("truncated: {what} needs {needed} bytes at offset {offset}, but the file ends at {file_len}")]
-    Truncated { what: String, offset: u64, needed: u64, file_len: u64 },
+    #[error(
+        "truncated: {what} needs {needed} bytes at offset {offset}, but the file ends at {file_len}"
+    )]
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        file_len: u64,
+    },
     #[error("{what}: count {count} cannot fit in the {remaining} bytes left in the file")]
-    AbsurdCount { what: String, count: u64, remaining: u64 },
+    AbsurdCount {
+        what: String,
+        count: u64,
+        remaining: u64,
+    },
     #[error("metadata key {key:?}: unknown value type {type_id}")]
     BadValueType { key: String, type_id: u32 },
     #[error("metadata key {key:?}: arrays nested deeper than {max}")]
@@ -27,16 +38,42 @@ pub enum GgufParseError {
     BadAlignmentType(&'static str),
     #[error("tensor {tensor:?}: unknown ggml type id {type_id}")]
     UnknownType { tensor: String, type_id: u32 },
-    #[error("tensor {tensor:?}: ggml type {name} (id {type_id}) was removed from ggml; re-convert the file")]
-    RemovedType { tensor: String, name: &'static str, type_id: u32 },
+    #[error(
+        "tensor {tensor:?}: ggml type {name} (id {type_id}) was removed from ggml; re-convert the file"
+    )]
+    RemovedType {
+        tensor: String,
+        name: &'static str,
+        type_id: u32,
+    },
     #[error("tensor {tensor:?}: {n_dims} dimensions (at most {max} supported)")]
-    TooManyDims { tensor: String, n_dims: u32, max: usize },
+    TooManyDims {
+        tensor: String,
+        n_dims: u32,
+        max: usize,
+    },
     #[error("tensor {tensor:?}: shape {shape:?} is invalid for {ty}: {why}")]
-    BadShape { tensor: String, shape: Vec<u64>, ty: GgmlType, why: &'static str },
-    #[error("tensor {tensor:?}: data offset {offset} is not a multiple of the alignment {alignment}")]
-    MisalignedOffset { tensor: String, offset: u64, alignment: u64 },
+    BadShape {
+        tensor: String,
+        shape: Vec<u64>,
+        ty: GgmlType,
+        why: &'static str,
+    },
+    #[error(
+        "tensor {tensor:?}: data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
+    MisalignedOffset {
+        tensor: String,
+        offset: u64,
+        alignment: u64,
+    },
     #[error("tensor {tensor:?}: data bytes {start}..{end} lie outside the file ({file_len} bytes)")]
-    OutOfBounds { tensor: String, start: u64, end: u64, file_len: u64 },
+    OutOfBounds {
+        tensor: String,
+        start: u64,
+        end: u64,
+        file_len: u64,
+    },
     #[error("tensor {0:?} appears twice")]
     DuplicateTensor(String),
     #[error("{key}: {why}")]
@@ -47,9 +84,18 @@ pub enum GgufParseError {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DequantError {
     #[error("tensor {tensor:?}: no dequantizer for ggml type {ty} (supported: {supported})")]
-    Unsupported { tensor: String, ty: String, supported: String },
+    Unsupported {
+        tensor: String,
+        ty: String,
+        supported: String,
+    },
     #[error("tensor {tensor:?}: {ty} data of {bytes} bytes does not hold {elements} elements")]
-    SizeMismatch { tensor: String, ty: String, bytes: usize, elements: usize },
+    SizeMismatch {
+        tensor: String,
+        ty: String,
+        bytes: usize,
+        elements: usize,
+    },
     #[error("cannot quantize to {ty}: {why}")]
     Quantize { ty: GgmlType, why: String },
 }
@@ -60,9 +106,15 @@ pub enum FormatError {
     // The inner errors are part of the message (not `#[source]`), so a report that walks the
     // error chain prints them once.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: {error}")]
-    Gguf { path: PathBuf, error: GgufParseError },
+    Gguf {
+        path: PathBuf,
+        error: GgufParseError,
+    },
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
     #[error("{path}: {message}")]
@@ -70,13 +122,20 @@ pub enum FormatError {
     #[error("{path}: {error}")]
     Dequant { path: PathBuf, error: DequantError },
     #[error("{path}: no tensor named {name:?}{hint}")]
-    TensorNotFound { path: PathBuf, name: String, hint: String },
+    TensorNotFound {
+        path: PathBuf,
+        name: String,
+        hint: String,
+    },
     #[error("{path}: unrecognised model file (neither GGUF nor safetensors)")]
     UnknownFormat { path: PathBuf },
 }
 
 impl FormatError {
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
-        FormatError::Io { path: path.into(), error }
+        FormatError::Io {
+            path: path.into(),
+            error,
+        }
     }
 }

@@ -4,8 +4,8 @@
 //! Architecture Invariant: this crate knows nothing of burn, devices, graphs or models; it turns
 //! bytes on disk into typed, checked views. That keeps it small enough to fuzz.
 pub mod error;
-pub mod mmap;
 pub mod gguf;
+pub mod mmap;
 pub mod npy;
 pub mod safetensors;
 pub mod tensor;
@@ -40,12 +40,17 @@ impl ModelFile {
         if bytes.len() >= 9 && bytes[8] == b'{' {
             return SafetensorsFile::from_mapping(map).map(ModelFile::Safetensors);
         }
-        let is_gguf_name = map.path().extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let is_gguf_name = map
+            .path()
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if is_gguf_name || bytes.len() < 9 {
             // Let the GGUF parser say precisely what is wrong (bad magic, truncated).
             return GgufFile::from_mapping(map).map(ModelFile::Gguf);
         }
-        Err(FormatError::UnknownFormat { path: map.path().to_path_buf() })
+        Err(FormatError::UnknownFormat {
+            path: map.path().to_path_buf(),
+        })
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -89,15 +94,23 @@ impl ModelFile {
                 .filter(|(d, _)| *d <= name.len() / 3 + 2)
                 .map(|(_, n)| format!(" (did you mean {n:?}?)"))
                 .unwrap_or_default();
-            FormatError::TensorNotFound { path: self.path().to_path_buf(), name: name.to_string(), hint }
+            FormatError::TensorNotFound {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+                hint,
+            }
         })
     }
 
     /// Dequantizes a tensor to f32 (row-major, PyTorch-order shape).
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, FormatError> {
         let mut out = vec![0f32; info.n_elements() as usize];
-        tensor::to_f32(info.dtype, self.tensor_bytes(info), &mut out, &info.name)
-            .map_err(|error| FormatError::Dequant { path: self.path().to_path_buf(), error })?;
+        tensor::to_f32(info.dtype, self.tensor_bytes(info), &mut out, &info.name).map_err(
+            |error| FormatError::Dequant {
+                path: self.path().to_path_buf(),
+                error,
+            },
+        )?;
         Ok(out)
     }
 }

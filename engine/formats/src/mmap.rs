@@ -32,7 +32,12 @@ impl FileIdentity {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i128);
-        FileIdentity { dev, ino, size: meta.len(), mtime_ns }
+        FileIdentity {
+            dev,
+            ino,
+            size: meta.len(),
+            mtime_ns,
+        }
     }
 }
 
@@ -51,7 +56,10 @@ pub struct MappedFile {
 
 impl std::fmt::Debug for MappedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedFile").field("path", &self.inner.path).field("len", &self.len()).finish()
+        f.debug_struct("MappedFile")
+            .field("path", &self.inner.path)
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -62,7 +70,10 @@ impl MappedFile {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         let meta = file.metadata().map_err(|e| FormatError::io(path, e))?;
         if meta.is_dir() {
-            return Err(FormatError::io(path, std::io::Error::other("is a directory")));
+            return Err(FormatError::io(
+                path,
+                std::io::Error::other("is a directory"),
+            ));
         }
         let map = if meta.len() == 0 {
             None
@@ -72,7 +83,13 @@ impl MappedFile {
             // (llama.cpp, safetensors and ComfyUI make the same one).
             Some(unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?)
         };
-        Ok(MappedFile { inner: Arc::new(Inner { path: path.to_path_buf(), identity: FileIdentity::of(&meta), map }) })
+        Ok(MappedFile {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                identity: FileIdentity::of(&meta),
+                map,
+            }),
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {

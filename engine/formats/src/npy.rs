@@ -41,7 +41,10 @@ pub fn write_f32(path: impl AsRef<Path>, shape: &[u64], data: &[f32]) -> Result<
 pub fn read(path: impl AsRef<Path>) -> Result<NpyArray, FormatError> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
-    parse(&bytes).map_err(|message| FormatError::Npy { path: path.to_path_buf(), message })
+    parse(&bytes).map_err(|message| FormatError::Npy {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Parses `.npy` bytes; errors are plain messages.
@@ -51,12 +54,20 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
-    let header = bytes.get(start..start + header_len).ok_or("truncated .npy header")?;
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or("truncated .npy header")?;
     let header = std::str::from_utf8(header).map_err(|_| "non-UTF-8 .npy header")?;
-    let descr = dict_value(header, "descr").and_then(quoted).ok_or("no descr in .npy header")?.to_string();
+    let descr = dict_value(header, "descr")
+        .and_then(quoted)
+        .ok_or("no descr in .npy header")?
+        .to_string();
     if dict_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
         return Err("Fortran-order .npy arrays are not supported".into());
     }
@@ -69,7 +80,10 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().map_err(|_| format!("bad dimension {s:?}")))
         .collect::<Result<_, _>>()?;
-    let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("shape overflows")? as usize;
+    let n = shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .ok_or("shape overflows")? as usize;
     let body = &bytes[start + header_len..];
     let (size, conv): (usize, fn(&[u8]) -> f32) = match descr.as_str() {
         "<f4" => (4, |c| f32::from_le_bytes(c.try_into().expect("4"))),
@@ -85,7 +99,10 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         other => return Err(format!("unsupported .npy dtype {other}")),
     };
     if body.len() < n.checked_mul(size).ok_or("shape overflows")? {
-        return Err(format!("truncated .npy data: {} bytes for {n} elements of {descr}", body.len()));
+        return Err(format!(
+            "truncated .npy data: {} bytes for {n} elements of {descr}",
+            body.len()
+        ));
     }
     let data = body[..n * size].chunks_exact(size).map(conv).collect();
     Ok(NpyArray { descr, shape, data })
@@ -116,7 +133,10 @@ mod tests {
         let data = [1.5f32, -2.0, 0.0, f32::MAX, 3.25, 7.0];
         write_f32(&path, &[2, 3], &data).unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!((10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64, 0);
+        assert_eq!(
+            (10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
+            0
+        );
         let arr = read(&path).unwrap();
         assert_eq!(arr.shape, vec![2, 3]);
         assert_eq!(arr.data, data);

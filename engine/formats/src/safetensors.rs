@@ -25,12 +25,21 @@ impl SafetensorsFile {
     }
 
     pub fn from_mapping(map: MappedFile) -> Result<Self, FormatError> {
-        let err = |message: String| FormatError::Safetensors { path: map.path().to_path_buf(), message };
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| err(e.to_string()))?;
+        let err = |message: String| FormatError::Safetensors {
+            path: map.path().to_path_buf(),
+            message,
+        };
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| err(e.to_string()))?;
         let data_start = 8 + header_len as u64;
         let mut tensors = Vec::new();
         for (name, info) in meta.tensors() {
-            let dtype = storage_type(info.dtype).ok_or_else(|| err(format!("tensor {name:?}: unsupported dtype {:?}", info.dtype)))?;
+            let dtype = storage_type(info.dtype).ok_or_else(|| {
+                err(format!(
+                    "tensor {name:?}: unsupported dtype {:?}",
+                    info.dtype
+                ))
+            })?;
             let (start, end) = info.data_offsets;
             tensors.push(TensorInfo {
                 name: name.clone(),
@@ -43,9 +52,22 @@ impl SafetensorsFile {
         }
         // File order, like GGUF (the header map is unordered).
         tensors.sort_by_key(|t| t.offset);
-        let index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        let metadata = meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
-        Ok(SafetensorsFile { map, tensors, index, metadata })
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let metadata = meta
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
+        Ok(SafetensorsFile {
+            map,
+            tensors,
+            index,
+            metadata,
+        })
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {

@@ -88,7 +88,10 @@ impl TensorInfo {
         if self.shape.contains(&0) {
             return 0;
         }
-        self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).unwrap_or(u64::MAX)
+        self.shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 
     /// The byte range in the file.
@@ -99,7 +102,12 @@ impl TensorInfo {
 
 /// Dequantizes (or converts) `bytes` holding `n` elements of `dtype` into `out` (f32).
 /// `tensor` names the tensor in errors.
-pub fn to_f32(dtype: StorageType, bytes: &[u8], out: &mut [f32], tensor: &str) -> Result<(), DequantError> {
+pub fn to_f32(
+    dtype: StorageType,
+    bytes: &[u8],
+    out: &mut [f32],
+    tensor: &str,
+) -> Result<(), DequantError> {
     let mismatch = || DequantError::SizeMismatch {
         tensor: tensor.to_string(),
         ty: dtype.name().to_string(),
@@ -112,32 +120,46 @@ pub fn to_f32(dtype: StorageType, bytes: &[u8], out: &mut [f32], tensor: &str) -
     match dtype {
         StorageType::Ggml(t) => dequant::dequantize(t, bytes, out, tensor),
         StorageType::F8E4M3 => {
-            out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = f8_e4m3fn_to_f32(b));
+            out.iter_mut()
+                .zip(bytes)
+                .for_each(|(o, &b)| *o = f8_e4m3fn_to_f32(b));
             Ok(())
         }
         StorageType::F8E5M2 => {
             // e5m2 is the top byte of an f16.
-            out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = half::f16::from_bits(u16::from(b) << 8).to_f32());
+            out.iter_mut()
+                .zip(bytes)
+                .for_each(|(o, &b)| *o = half::f16::from_bits(u16::from(b) << 8).to_f32());
             Ok(())
         }
         StorageType::U8 => {
-            out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = f32::from(b));
+            out.iter_mut()
+                .zip(bytes)
+                .for_each(|(o, &b)| *o = f32::from(b));
             Ok(())
         }
         StorageType::Bool => {
-            out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = if b != 0 { 1.0 } else { 0.0 });
+            out.iter_mut()
+                .zip(bytes)
+                .for_each(|(o, &b)| *o = if b != 0 { 1.0 } else { 0.0 });
             Ok(())
         }
         StorageType::U16 => {
-            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = f32::from(u16::from_le_bytes([c[0], c[1]])));
+            out.iter_mut()
+                .zip(bytes.chunks_exact(2))
+                .for_each(|(o, c)| *o = f32::from(u16::from_le_bytes([c[0], c[1]])));
             Ok(())
         }
         StorageType::U32 => {
-            out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, c)| *o = u32::from_le_bytes(c.try_into().expect("4 bytes")) as f32);
+            out.iter_mut()
+                .zip(bytes.chunks_exact(4))
+                .for_each(|(o, c)| *o = u32::from_le_bytes(c.try_into().expect("4 bytes")) as f32);
             Ok(())
         }
         StorageType::U64 => {
-            out.iter_mut().zip(bytes.chunks_exact(8)).for_each(|(o, c)| *o = u64::from_le_bytes(c.try_into().expect("8 bytes")) as f32);
+            out.iter_mut()
+                .zip(bytes.chunks_exact(8))
+                .for_each(|(o, c)| *o = u64::from_le_bytes(c.try_into().expect("8 bytes")) as f32);
             Ok(())
         }
     }

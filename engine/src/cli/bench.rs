@@ -33,8 +33,15 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Dequant { file, repeat, threads, json } => {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
+        BenchCommand::Dequant {
+            file,
+            repeat,
+            threads,
+            json,
+        } => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.unwrap_or(0))
+                .build()?;
             let rows = pool.install(|| bench_dequant(&file, repeat.max(1)))?;
             let threads = pool.current_num_threads();
             if json {
@@ -44,12 +51,26 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                         (ty.clone(), json!({"elements": r.elements, "bytes": r.bytes, "seconds": r.seconds, "in_gb_s": r.in_gb_s(), "out_gelem_s": r.out_gelem_s()}))
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"file": file, "threads": threads, "types": by_type}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"file": file, "threads": threads, "types": by_type})
+                    )?
+                );
             } else {
                 println!("{} ({threads} threads, best of {repeat})", file.display());
-                println!("{:<8} {:>12} {:>10} {:>12} {:>14}", "type", "elements", "ms", "in GB/s", "out Gelem/s");
+                println!(
+                    "{:<8} {:>12} {:>10} {:>12} {:>14}",
+                    "type", "elements", "ms", "in GB/s", "out Gelem/s"
+                );
                 for (ty, r) in &rows {
-                    println!("{ty:<8} {:>12} {:>10.2} {:>12.2} {:>14.3}", r.elements, r.seconds * 1e3, r.in_gb_s(), r.out_gelem_s());
+                    println!(
+                        "{ty:<8} {:>12} {:>10.2} {:>12.2} {:>14.3}",
+                        r.elements,
+                        r.seconds * 1e3,
+                        r.in_gb_s(),
+                        r.out_gelem_s()
+                    );
                 }
             }
             Ok(())

@@ -59,14 +59,26 @@ pub struct SynthArgs {
 }
 
 pub fn run_synth(args: SynthArgs) -> anyhow::Result<()> {
-    let made = synthetic::write_mixed_gguf(&args.out, args.size_mb.saturating_mul(1_000_000), args.seed)?;
-    println!("wrote {}: {} bytes, {} tensors in {} blocks", args.out.display(), made.file_bytes, made.tensors, made.blocks);
+    let made =
+        synthetic::write_mixed_gguf(&args.out, args.size_mb.saturating_mul(1_000_000), args.seed)?;
+    println!(
+        "wrote {}: {} bytes, {} tensors in {} blocks",
+        args.out.display(),
+        made.file_bytes,
+        made.tensors,
+        made.blocks
+    );
     if let Some(lora) = &args.lora {
         if args.lora_rank == 0 {
             bail!("--lora-rank 0: expected at least 1");
         }
-        let modules = synthetic::write_lora(lora, made.blocks, args.lora_rank, args.seed.wrapping_add(1))?;
-        println!("wrote {}: {modules} rank-{} modules", lora.display(), args.lora_rank);
+        let modules =
+            synthetic::write_lora(lora, made.blocks, args.lora_rank, args.seed.wrapping_add(1))?;
+        println!(
+            "wrote {}: {modules} rank-{} modules",
+            lora.display(),
+            args.lora_rank
+        );
     }
     Ok(())
 }
@@ -81,7 +93,10 @@ pub fn run_offload(args: OffloadArgs) -> anyhow::Result<()> {
                 "bf16" => DType::BF16,
                 other => bail!("--dequantize {other}: expected f32, f16 or bf16"),
             };
-            LoadOptions { format: WeightFormat::Dequantized, compute_dtype }
+            LoadOptions {
+                format: WeightFormat::Dequantized,
+                compute_dtype,
+            }
         }
     };
     if args.cycles == 0 {
@@ -89,12 +104,15 @@ pub fn run_offload(args: OffloadArgs) -> anyhow::Result<()> {
     }
     let bench = match args.device.as_str() {
         "cpu" => {
-            let device: Arc<dyn WeightDevice<burn::backend::Flex>> = Arc::new(BurnDevice::host(Default::default()));
+            let device: Arc<dyn WeightDevice<burn::backend::Flex>> =
+                Arc::new(BurnDevice::host(Default::default()));
             cycles(&args, device, options)?
         }
         cuda if cuda.starts_with("cuda") => {
             let index: usize = match cuda.strip_prefix("cuda:") {
-                Some(n) => n.parse().with_context(|| format!("--device {cuda}: expected cuda:N"))?,
+                Some(n) => n
+                    .parse()
+                    .with_context(|| format!("--device {cuda}: expected cuda:N"))?,
                 None if cuda == "cuda" => 0,
                 None => bail!("--device {cuda}: expected cpu or cuda:N"),
             };
@@ -105,21 +123,45 @@ pub fn run_offload(args: OffloadArgs) -> anyhow::Result<()> {
     print(&args, &bench)
 }
 
-fn cycles<B: Backend>(args: &OffloadArgs, device: Arc<dyn WeightDevice<B>>, options: LoadOptions) -> anyhow::Result<OffloadBench> {
+fn cycles<B: Backend>(
+    args: &OffloadArgs,
+    device: Arc<dyn WeightDevice<B>>,
+    options: LoadOptions,
+) -> anyhow::Result<OffloadBench> {
     let lora = args.lora.as_deref().map(|path| (path, args.strength));
-    Ok(offload_cycles(&args.file, args.cycles, args.verify, lora, device, options, MmapCache::global())?)
+    Ok(offload_cycles(
+        &args.file,
+        args.cycles,
+        args.verify,
+        lora,
+        device,
+        options,
+        MmapCache::global(),
+    )?)
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_cycles(args: &OffloadArgs, index: usize, options: LoadOptions) -> anyhow::Result<OffloadBench> {
+fn cuda_cycles(
+    args: &OffloadArgs,
+    index: usize,
+    options: LoadOptions,
+) -> anyhow::Result<OffloadBench> {
     use crate::patcher::cuda::{CudaBackend, CudaWeightDevice};
-    let device: Arc<dyn WeightDevice<CudaBackend>> = Arc::new(CudaWeightDevice::new(index, MmapCache::global())?);
+    let device: Arc<dyn WeightDevice<CudaBackend>> =
+        Arc::new(CudaWeightDevice::new(index, MmapCache::global())?);
     cycles(args, device, options)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_cycles(args: &OffloadArgs, _index: usize, _options: LoadOptions) -> anyhow::Result<OffloadBench> {
-    bail!("--device {}: this weft was built without CUDA; build it with `--features weft-nodes/cuda`", args.device)
+fn cuda_cycles(
+    args: &OffloadArgs,
+    _index: usize,
+    _options: LoadOptions,
+) -> anyhow::Result<OffloadBench> {
+    bail!(
+        "--device {}: this weft was built without CUDA; build it with `--features weft-nodes/cuda`",
+        args.device
+    )
 }
 
 fn print(args: &OffloadArgs, bench: &OffloadBench) -> anyhow::Result<()> {
@@ -128,10 +170,25 @@ fn print(args: &OffloadArgs, bench: &OffloadBench) -> anyhow::Result<()> {
         return Ok(());
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("{} ({:.1} MiB) on {}, {} cycles", args.file.display(), mib(bench.file_bytes), args.device, bench.cycles.len());
+    println!(
+        "{} ({:.1} MiB) on {}, {} cycles",
+        args.file.display(),
+        mib(bench.file_bytes),
+        args.device,
+        bench.cycles.len()
+    );
     println!(
         "{:>5} {:>9} {:>8} {:>11} {:>12} {:>12} {:>13} {:>13} {:>8} {:>6}",
-        "cycle", "load s", "GB/s", "offload ms", "loaded MiB", "after MiB", "RssAnon MiB", "RssFile MiB", "mappings", "match"
+        "cycle",
+        "load s",
+        "GB/s",
+        "offload ms",
+        "loaded MiB",
+        "after MiB",
+        "RssAnon MiB",
+        "RssFile MiB",
+        "mappings",
+        "match"
     );
     for c in &bench.cycles {
         let matched = match c.weights_match_file {

@@ -16,7 +16,11 @@ mod validate;
 type CliBackend = burn::backend::Flex;
 
 #[derive(Parser, Debug)]
-#[command(name = "weft", version, about = "A node-graph workflow engine for GGUF diffusion models")]
+#[command(
+    name = "weft",
+    version,
+    about = "A node-graph workflow engine for GGUF diffusion models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,7 +55,11 @@ pub fn main_with(plugins: impl crate::registry::Plugins) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
@@ -72,11 +80,17 @@ pub fn main_with(plugins: impl crate::registry::Plugins) -> ExitCode {
 
 /// One line: the error and its causes, joined by ": ".
 fn report(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::log_writer).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(progress::log_writer)
+        .try_init();
 }

@@ -31,15 +31,26 @@ struct Listing<'a> {
 }
 
 pub(super) fn run(args: NodesArgs, plugins: &impl Plugins) -> anyhow::Result<ExitCode> {
-    let registry = NodeRegistry::<CliBackend>::from_plugins(plugins).context("registering node plugins")?;
+    let registry =
+        NodeRegistry::<CliBackend>::from_plugins(plugins).context("registering node plugins")?;
     let filter = args.filter.as_deref().map(str::to_lowercase);
     let nodes: Vec<NodeJson<'_>> = registry
         .nodes()
-        .filter(|n| filter.as_ref().is_none_or(|f| n.schema.type_name.to_lowercase().contains(f)))
-        .map(|n| NodeJson { plugin: &n.plugin, schema: &n.schema })
+        .filter(|n| {
+            filter
+                .as_ref()
+                .is_none_or(|f| n.schema.type_name.to_lowercase().contains(f))
+        })
+        .map(|n| NodeJson {
+            plugin: &n.plugin,
+            schema: &n.schema,
+        })
         .collect();
     if args.json {
-        let listing = Listing { nodes, types: registry.types().collect() };
+        let listing = Listing {
+            nodes,
+            types: registry.types().collect(),
+        };
         println!("{}", serde_json::to_string_pretty(&listing)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -70,14 +81,26 @@ fn describe(schema: &NodeSchema, plugin: &str) -> String {
     if schema.always_run {
         flags.push("always runs");
     }
-    let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
-    let _ = writeln!(out, "{} ({}, {plugin}){flags}", schema.type_name, schema.category);
+    let flags = if flags.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", flags.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "{} ({}, {plugin}){flags}",
+        schema.type_name, schema.category
+    );
     if !schema.description.is_empty() {
         let _ = writeln!(out, "    {}", schema.description);
     }
     for input in &schema.inputs {
         let optional = if input.optional { " (optional)" } else { "" };
-        let _ = writeln!(out, "    input  {}: {}{optional}", input.name, input.port_type);
+        let _ = writeln!(
+            out,
+            "    input  {}: {}{optional}",
+            input.name, input.port_type
+        );
     }
     for param in &schema.params {
         let _ = writeln!(out, "    param  {}", param_line(param));
@@ -99,7 +122,14 @@ fn param_line(param: &ParamSpec) -> String {
         ParamKind::Boolean => "BOOLEAN".to_owned(),
         ParamKind::Choice { choices } => choices.join(" | "),
     };
-    let default = param.default.as_ref().map_or_else(|| " (required)".to_owned(), |d| format!(" = {d}"));
-    let description = if param.description.is_empty() { String::new() } else { format!("  # {}", param.description) };
+    let default = param
+        .default
+        .as_ref()
+        .map_or_else(|| " (required)".to_owned(), |d| format!(" = {d}"));
+    let description = if param.description.is_empty() {
+        String::new()
+    } else {
+        format!("  # {}", param.description)
+    };
     format!("{}: {kind}{default}{description}", param.name)
 }

@@ -20,7 +20,9 @@ pub(super) struct LogWriter;
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match BARS.get() {
-            Some(bars) => bars.suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len()),
+            Some(bars) => bars
+                .suspend(|| std::io::stderr().write_all(buf))
+                .map(|()| buf.len()),
             None => std::io::stderr().write(buf),
         }
     }
@@ -44,15 +46,21 @@ pub(super) struct Renderer {
 
 impl Renderer {
     pub(super) fn new() -> Self {
-        let bars = std::io::stderr()
-            .is_terminal()
-            .then(|| BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
-        Renderer { bars, state: Mutex::new(State::default()) }
+        let bars = std::io::stderr().is_terminal().then(|| {
+            BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        });
+        Renderer {
+            bars,
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// The files written since the last call.
     pub(super) fn take_files(&self) -> Vec<PathBuf> {
-        self.state.lock().map(|mut s| std::mem::take(&mut s.files)).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.files))
+            .unwrap_or_default()
     }
 
     fn line(&self, text: String) {
@@ -71,7 +79,9 @@ fn seconds(duration: &Duration) -> String {
 
 impl EventSink for Renderer {
     fn event(&self, event: &Event) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         match event {
             Event::RunStarted { .. } | Event::RunFinished { .. } => {}
             Event::NodeStarted { node_id, node_type } => match self.bars {
@@ -87,11 +97,17 @@ impl EventSink for Renderer {
                 }
                 None => eprintln!("> {node_id} ({node_type})"),
             },
-            Event::Progress { node_id, step, total } => match state.bars.get(node_id) {
+            Event::Progress {
+                node_id,
+                step,
+                total,
+            } => match state.bars.get(node_id) {
                 Some(bar) => {
                     if bar.length() != Some(*total) {
-                        let style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar());
+                        let style = ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar());
                         bar.set_style(style.progress_chars("=> "));
                         bar.set_length(*total);
                     }
@@ -106,14 +122,27 @@ impl EventSink for Renderer {
                 }
                 None => {}
             },
-            Event::NodeCached { node_id, node_type } => self.line(format!("  {node_id} ({node_type}) cached")),
-            Event::NodeFinished { node_id, node_type, duration } => {
+            Event::NodeCached { node_id, node_type } => {
+                self.line(format!("  {node_id} ({node_type}) cached"))
+            }
+            Event::NodeFinished {
+                node_id,
+                node_type,
+                duration,
+            } => {
                 if let Some(bar) = state.bars.remove(node_id) {
                     bar.finish_and_clear();
                 }
-                self.line(format!("  {node_id} ({node_type}) ran in {}", seconds(duration)));
+                self.line(format!(
+                    "  {node_id} ({node_type}) ran in {}",
+                    seconds(duration)
+                ));
             }
-            Event::NodeFailed { node_id, node_type, error } => {
+            Event::NodeFailed {
+                node_id,
+                node_type,
+                error,
+            } => {
                 if let Some(bar) = state.bars.remove(node_id) {
                     bar.abandon();
                 }
@@ -123,7 +152,10 @@ impl EventSink for Renderer {
                 for (_, bar) in state.bars.drain() {
                     bar.abandon();
                 }
-                let at = node_id.as_ref().map(|n| format!(" at {n}")).unwrap_or_default();
+                let at = node_id
+                    .as_ref()
+                    .map(|n| format!(" at {n}"))
+                    .unwrap_or_default();
                 self.line(format!("  cancelled{at}"));
             }
             Event::FileWritten { path, .. } => state.files.push(path.clone()),

@@ -71,7 +71,9 @@ impl std::str::FromStr for RunDevice {
 pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitCode> {
     match args.device {
         RunDevice::Cpu => {
-            let device = Arc::new(crate::patcher::BurnDevice::<CliBackend>::host(Default::default()));
+            let device = Arc::new(crate::patcher::BurnDevice::<CliBackend>::host(
+                Default::default(),
+            ));
             run_on::<CliBackend>(args, plugins, Default::default(), device)
         }
         RunDevice::Cuda(index) => run_cuda(args, plugins, index),
@@ -82,18 +84,26 @@ pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitC
 #[cfg(feature = "cuda")]
 fn run_cuda(args: RunArgs, plugins: &impl Plugins, index: usize) -> anyhow::Result<ExitCode> {
     use crate::patcher::cuda::{CudaBackend, CudaWeightDevice};
-    let device = CudaWeightDevice::new(index, crate::weights::MmapCache::global()).context("--device")?;
+    let device =
+        CudaWeightDevice::new(index, crate::weights::MmapCache::global()).context("--device")?;
     let burn_device = device.device().clone();
     run_on::<CudaBackend>(args, plugins, burn_device, Arc::new(device))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: RunArgs, _: &impl Plugins, index: usize) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("--device cuda:{index}: this weft was built without the `cuda` feature (cargo build --features weft-nodes/cuda)")
+    anyhow::bail!(
+        "--device cuda:{index}: this weft was built without the `cuda` feature (cargo build --features weft-nodes/cuda)"
+    )
 }
 
 /// Validates and runs the workflow on backend `B`, weights going to `weights`.
-fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, weights: Arc<dyn WeightDevice<B>>) -> anyhow::Result<ExitCode> {
+fn run_on<B: Backend>(
+    args: RunArgs,
+    plugins: &impl Plugins,
+    device: B::Device,
+    weights: Arc<dyn WeightDevice<B>>,
+) -> anyhow::Result<ExitCode> {
     let registry = NodeRegistry::<B>::from_plugins(plugins).context("registering node plugins")?;
     let mut workflow = match Workflow::load(&args.file) {
         Ok(workflow) => workflow,
@@ -104,9 +114,16 @@ fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, 
         Err(e) => return Err(e.into()),
     };
     for arg in &args.set {
-        Assignment::parse(arg).and_then(|a| workflow.apply(&registry, &a)).context("--set")?;
+        Assignment::parse(arg)
+            .and_then(|a| workflow.apply(&registry, &a))
+            .context("--set")?;
     }
-    let sweeps = args.sweep.iter().map(|a| Sweep::parse(a)).collect::<Result<Vec<_>, _>>().context("--sweep")?;
+    let sweeps = args
+        .sweep
+        .iter()
+        .map(|a| Sweep::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--sweep")?;
 
     // Validate every variant before running any, so a bad sweep value fails in seconds, not after an hour.
     let mut variants = Vec::new();
@@ -130,9 +147,17 @@ fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, 
         models_dirs.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
     }
     let workflow_text = std::fs::read_to_string(&args.file).unwrap_or_default();
-    let mut env = RunEnv { output_dir: args.output_dir, base_dir, models_dirs, ..RunEnv::default() };
+    let mut env = RunEnv {
+        output_dir: args.output_dir,
+        base_dir,
+        models_dirs,
+        ..RunEnv::default()
+    };
     let policy = args.memory.policy().map_err(anyhow::Error::msg)?;
-    env.services.insert(Arc::new(crate::memory::MemoryManager::<B>::new(weights, policy)));
+    env.services
+        .insert(Arc::new(crate::memory::MemoryManager::<B>::new(
+            weights, policy,
+        )));
     let mut executor = Executor::<B>::new(device, env);
     let cancel = CancelToken::new();
     install_ctrl_c(cancel.clone());
@@ -143,7 +168,12 @@ fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, 
         if count > 1 {
             println!("run {}/{count}: {}", i + 1, overrides.join(" "));
         }
-        executor.env_mut().services.insert(Arc::new(run_metadata(&args.file, &workflow_text, &args.set, &overrides)));
+        executor.env_mut().services.insert(Arc::new(run_metadata(
+            &args.file,
+            &workflow_text,
+            &args.set,
+            &overrides,
+        )));
         match executor.run(graph, &renderer, &cancel) {
             Ok(report) => {
                 println!("{}", summary(&report));
@@ -152,8 +182,12 @@ fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, 
                 }
             }
             Err(ExecError::Cancelled { node_id }) => {
-                let at = node_id.map(|n| format!(" at node \"{n}\"")).unwrap_or_default();
-                eprintln!("cancelled{at}; files already written are complete, nothing was left half-written");
+                let at = node_id
+                    .map(|n| format!(" at node \"{n}\""))
+                    .unwrap_or_default();
+                eprintln!(
+                    "cancelled{at}; files already written are complete, nothing was left half-written"
+                );
                 return Ok(ExitCode::from(EXIT_CANCELLED));
             }
             Err(e) => return Err(e.into()),
@@ -166,7 +200,12 @@ fn run_on<B: Backend>(args: RunArgs, plugins: &impl Plugins, device: B::Device, 
 const MODELS_DIR_VAR: &str = "WEFT_MODELS_DIR";
 
 /// The text outputs embed: the workflow file, and the command that reproduces this run.
-fn run_metadata(file: &std::path::Path, workflow: &str, set: &[String], sweep_values: &[String]) -> RunMetadata {
+fn run_metadata(
+    file: &std::path::Path,
+    workflow: &str,
+    set: &[String],
+    sweep_values: &[String],
+) -> RunMetadata {
     let mut command = format!("weft run {}", file.display());
     for assignment in set.iter().chain(sweep_values) {
         command.push_str(&format!(" --set {assignment}"));
@@ -174,13 +213,22 @@ fn run_metadata(file: &std::path::Path, workflow: &str, set: &[String], sweep_va
     RunMetadata(vec![
         ("workflow".to_string(), workflow.to_string()),
         ("parameters".to_string(), command),
-        ("software".to_string(), format!("weft {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "software".to_string(),
+            format!("weft {}", env!("CARGO_PKG_VERSION")),
+        ),
     ])
 }
 
 /// `ran 2 (sampler, save), cached 3 (loader, clip, prompt), skipped 1 (unused) in 1.20s`.
 fn summary(report: &RunReport) -> String {
-    let list = |ids: &[&str]| if ids.is_empty() { String::new() } else { format!(" ({})", ids.join(", ")) };
+    let list = |ids: &[&str]| {
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", ids.join(", "))
+        }
+    };
     let cached: Vec<&str> = report.cached.iter().map(String::as_str).collect();
     let skipped: Vec<&str> = report.skipped.iter().map(String::as_str).collect();
     let mut text = format!(

@@ -16,14 +16,19 @@ pub(super) struct ValidateArgs {
 }
 
 pub(super) fn run(args: ValidateArgs, plugins: &impl Plugins) -> anyhow::Result<ExitCode> {
-    let registry = NodeRegistry::<CliBackend>::from_plugins(plugins).context("registering node plugins")?;
+    let registry =
+        NodeRegistry::<CliBackend>::from_plugins(plugins).context("registering node plugins")?;
     let (mut bad_files, mut problems) = (0usize, 0usize);
     for file in &args.files {
         let report = match Workflow::load(file) {
             Ok(workflow) => match Graph::build(&workflow, &registry) {
                 Ok(graph) => {
                     let total = graph.nodes().count();
-                    println!("{}: ok ({total} nodes, {} to run)", file.display(), graph.plan().len());
+                    println!(
+                        "{}: ok ({total} nodes, {} to run)",
+                        file.display(),
+                        graph.plan().len()
+                    );
                     continue;
                 }
                 Err(report) => report,
@@ -44,6 +49,11 @@ pub(super) fn run(args: ValidateArgs, plugins: &impl Plugins) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     let s = |n: usize| if n == 1 { "" } else { "s" };
-    eprintln!("{problems} problem{} in {bad_files} of {} file{}", s(problems), args.files.len(), s(args.files.len()));
+    eprintln!(
+        "{problems} problem{} in {bad_files} of {} file{}",
+        s(problems),
+        args.files.len(),
+        s(args.files.len())
+    );
     Ok(ExitCode::FAILURE)
 }

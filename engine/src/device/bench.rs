@@ -78,7 +78,9 @@ pub fn shapes(args: &GemmArgs) -> anyhow::Result<Vec<(usize, usize, usize)>> {
 }
 
 pub fn run_gemm(args: GemmArgs) -> anyhow::Result<()> {
-    let Some(index) = cuda_index(&args.device) else { bail!("--device {}: expected cuda:N", args.device) };
+    let Some(index) = cuda_index(&args.device) else {
+        bail!("--device {}: expected cuda:N", args.device)
+    };
     if !matches!(args.dtype.as_str(), "bf16" | "f16") {
         bail!("--dtype {}: expected bf16 or f16", args.dtype);
     }
@@ -92,19 +94,40 @@ pub fn run_gemm(args: GemmArgs) -> anyhow::Result<()> {
                 if let Some(o) = v.as_object_mut() {
                     o.insert("burn_tflops".into(), r.tflops(r.burn_ms).into());
                     o.insert("weft_tflops".into(), r.tflops(r.weft_ms).into());
-                    o.insert("weft_synced_tflops".into(), r.tflops(r.weft_synced_ms).into());
-                    o.insert("weft_linear_bias_tflops".into(), r.tflops(r.weft_linear_bias_ms).into());
+                    o.insert(
+                        "weft_synced_tflops".into(),
+                        r.tflops(r.weft_synced_ms).into(),
+                    );
+                    o.insert(
+                        "weft_linear_bias_tflops".into(),
+                        r.tflops(r.weft_linear_bias_ms).into(),
+                    );
                 }
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"device": args.device, "rows": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"device": args.device, "rows": rows})
+            )?
+        );
         return Ok(());
     }
-    println!("GEMM on {} ({}, M x K x N, ms per product and TFLOP/s, {} iterations)", args.device, args.dtype, args.iters);
+    println!(
+        "GEMM on {} ({}, M x K x N, ms per product and TFLOP/s, {} iterations)",
+        args.device, args.dtype, args.iters
+    );
     println!(
         "{:>20} {:>16} {:>16} {:>16} {:>18} {:>12} {:>10} {:>12}",
-        "shape", "burn", "weft", "weft synced", "weft x·Wᵀ+bias", "max|diff|", "max|C|", "lin |diff|"
+        "shape",
+        "burn",
+        "weft",
+        "weft synced",
+        "weft x·Wᵀ+bias",
+        "max|diff|",
+        "max|C|",
+        "lin |diff|"
     );
     for r in &rows {
         let cell = |ms: f64| format!("{ms:.3} ({:.0})", r.tflops(ms));
@@ -139,16 +162,29 @@ mod cuda {
         x.cast(DType::F32).abs().max().into_scalar().elem::<f32>()
     }
 
-    pub fn measure(index: usize, shapes: &[(usize, usize, usize)], dtype: &str, iters: usize) -> anyhow::Result<Vec<GemmRow>> {
-        let dt = if dtype == "f16" { DType::F16 } else { DType::BF16 };
+    pub fn measure(
+        index: usize,
+        shapes: &[(usize, usize, usize)],
+        dtype: &str,
+        iters: usize,
+    ) -> anyhow::Result<Vec<GemmRow>> {
+        let dt = if dtype == "f16" {
+            DType::F16
+        } else {
+            DType::BF16
+        };
         let gemm = CudaGemm::new(index).with_context(|| format!("cuda:{index}"))?;
         let dev = gemm.device().clone();
         let sync = || CudaBackend::sync(&dev).map_err(|e| anyhow::anyhow!("sync: {e:?}"));
         let mut rows = Vec::new();
         for &(m, k, n) in shapes {
-            let rand = |shape: [usize; 2]| T2::random(shape, Distribution::Uniform(-1.0, 1.0), &dev).cast(dt);
+            let rand = |shape: [usize; 2]| {
+                T2::random(shape, Distribution::Uniform(-1.0, 1.0), &dev).cast(dt)
+            };
             let (a, b, w) = (rand([m, k]), rand([k, n]), rand([n, k]));
-            let bias = Tensor::<CudaBackend, 1>::random([n], Distribution::Uniform(-1.0, 1.0), &dev).cast(dt);
+            let bias =
+                Tensor::<CudaBackend, 1>::random([n], Distribution::Uniform(-1.0, 1.0), &dev)
+                    .cast(dt);
             sync()?;
 
             // burn-cuda's own matmul, back to back.
@@ -167,24 +203,25 @@ mod cuda {
             let burn_ms = time_burn()?;
 
             // weft, queued back to back (outputs kept until the wait: their buffers are in use).
-            let batched = |x: &T2, y: &T2, bias: Option<&Tensor<CudaBackend, 1>>| -> anyhow::Result<f64> {
-                let run = |count: usize| -> anyhow::Result<f64> {
-                    let start = Instant::now();
-                    let mut outs = Vec::with_capacity(count);
-                    for _ in 0..count {
-                        match gemm.enqueue(x, y, bias)? {
-                            Ok(out) => outs.push(out),
-                            Err(reason) => bail!("cuBLASLt path not taken: {reason}"),
+            let batched =
+                |x: &T2, y: &T2, bias: Option<&Tensor<CudaBackend, 1>>| -> anyhow::Result<f64> {
+                    let run = |count: usize| -> anyhow::Result<f64> {
+                        let start = Instant::now();
+                        let mut outs = Vec::with_capacity(count);
+                        for _ in 0..count {
+                            match gemm.enqueue(x, y, bias)? {
+                                Ok(out) => outs.push(out),
+                                Err(reason) => bail!("cuBLASLt path not taken: {reason}"),
+                            }
                         }
-                    }
-                    gemm.wait()?;
-                    let elapsed = start.elapsed().as_secs_f64();
-                    drop(outs);
-                    Ok(elapsed * 1e3 / count as f64)
+                        gemm.wait()?;
+                        let elapsed = start.elapsed().as_secs_f64();
+                        drop(outs);
+                        Ok(elapsed * 1e3 / count as f64)
+                    };
+                    run(3)?;
+                    run(iters)
                 };
-                run(3)?;
-                run(iters)
-            };
             let weft_ms = batched(&a, &b, None)?;
             let wt = w.clone().transpose();
             let weft_linear_bias_ms = batched(&a, &wt, Some(&bias))?;
@@ -207,7 +244,8 @@ mod cuda {
             let max_abs_diff = max_abs(ours.cast(DType::F32) - reference.cast(DType::F32));
             let reference = a.clone().matmul(wt.clone()) + bias.clone().unsqueeze_dim(0);
             let ours = gemm.linear(a.clone(), w.clone(), Some(bias.clone()))?;
-            let linear_bias_max_abs_diff = max_abs(ours.cast(DType::F32) - reference.cast(DType::F32));
+            let linear_bias_max_abs_diff =
+                max_abs(ours.cast(DType::F32) - reference.cast(DType::F32));
             sync()?;
 
             rows.push(GemmRow {
@@ -233,8 +271,15 @@ mod cuda {
 #[cfg(not(feature = "cuda"))]
 mod cuda {
     use super::GemmRow;
-    pub fn measure(index: usize, _shapes: &[(usize, usize, usize)], _dtype: &str, _iters: usize) -> anyhow::Result<Vec<GemmRow>> {
-        anyhow::bail!("--device cuda:{index}: this weft was built without CUDA; build it with `--features weft-nodes/cuda`")
+    pub fn measure(
+        index: usize,
+        _shapes: &[(usize, usize, usize)],
+        _dtype: &str,
+        _iters: usize,
+    ) -> anyhow::Result<Vec<GemmRow>> {
+        anyhow::bail!(
+            "--device cuda:{index}: this weft was built without CUDA; build it with `--features weft-nodes/cuda`"
+        )
     }
 }
 
@@ -243,13 +288,27 @@ mod tests {
     use super::*;
 
     fn args(m: Option<usize>, k: Option<usize>, n: Option<usize>) -> GemmArgs {
-        GemmArgs { device: "cuda:0".into(), m, n, k, dtype: "bf16".into(), iters: 1, json: false }
+        GemmArgs {
+            device: "cuda:0".into(),
+            m,
+            n,
+            k,
+            dtype: "bf16".into(),
+            iters: 1,
+            json: false,
+        }
     }
 
     #[test]
     fn shapes_and_devices() {
-        assert_eq!(shapes(&args(None, None, None)).unwrap(), DEFAULT_SHAPES.to_vec());
-        assert_eq!(shapes(&args(Some(2), Some(3), Some(4))).unwrap(), vec![(2, 3, 4)]);
+        assert_eq!(
+            shapes(&args(None, None, None)).unwrap(),
+            DEFAULT_SHAPES.to_vec()
+        );
+        assert_eq!(
+            shapes(&args(Some(2), Some(3), Some(4))).unwrap(),
+            vec![(2, 3, 4)]
+        );
         assert!(shapes(&args(Some(2), None, Some(4))).is_err());
         assert!(shapes(&args(Some(0), Some(3), Some(4))).is_err());
         assert_eq!(cuda_index("cuda:1"), Some(1));
@@ -259,8 +318,18 @@ mod tests {
     #[test]
     fn tflops_of_a_row() {
         let row = GemmRow {
-            m: 8192, k: 8192, n: 8192, dtype: "bf16".into(), iters: 1, burn_ms: 1.0, weft_ms: 1.0, weft_synced_ms: 1.0,
-            weft_linear_bias_ms: 1.0, max_abs_diff: 0.0, max_abs_ref: 0.0, linear_bias_max_abs_diff: 0.0,
+            m: 8192,
+            k: 8192,
+            n: 8192,
+            dtype: "bf16".into(),
+            iters: 1,
+            burn_ms: 1.0,
+            weft_ms: 1.0,
+            weft_synced_ms: 1.0,
+            weft_linear_bias_ms: 1.0,
+            max_abs_diff: 0.0,
+            max_abs_ref: 0.0,
+            linear_bias_max_abs_diff: 0.0,
         };
         assert!((row.tflops(1.0) - 1099.5).abs() < 0.1);
     }

@@ -134,7 +134,9 @@ impl CudaGemm {
         let alloc = unsafe { drv::cuMemAlloc_v2(&mut workspace, WORKSPACE_BYTES) };
         if let Err(e) = alloc.result() {
             // SAFETY: created just above, not used elsewhere.
-            unsafe { let _ = lt::destroy_handle(handle); }
+            unsafe {
+                let _ = lt::destroy_handle(handle);
+            }
             return Err(GemmError::Driver(format!("workspace: {e:?}")));
         }
         Ok(CudaGemm {
@@ -144,7 +146,10 @@ impl CudaGemm {
             handle,
             workspace,
             workspace_size: WORKSPACE_BYTES,
-            state: Mutex::new(State { plans: HashMap::new(), pending: Vec::new() }),
+            state: Mutex::new(State {
+                plans: HashMap::new(),
+                pending: Vec::new(),
+            }),
         })
     }
 
@@ -154,18 +159,32 @@ impl CudaGemm {
 
     /// `a · b` for 2-D `a [M, K]`, `b [K, N]` (any strides), on cuBLASLt when the views allow it,
     /// else on burn. The result is ready for burn when this returns.
-    pub fn matmul(&self, a: Tensor<CudaBackend, 2>, b: Tensor<CudaBackend, 2>) -> Result<Tensor<CudaBackend, 2>, GemmError> {
+    pub fn matmul(
+        &self,
+        a: Tensor<CudaBackend, 2>,
+        b: Tensor<CudaBackend, 2>,
+    ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
         self.gemm(a, b, None)
     }
 
     /// `x · Wᵀ (+ bias)` for a weight stored `[N, K]` (PyTorch/GGUF `[out, in]`), without copying
     /// the transpose: cuBLASLt reads `W` with its transpose flag. `bias` has `N` elements.
-    pub fn linear(&self, x: Tensor<CudaBackend, 2>, weight: Tensor<CudaBackend, 2>, bias: Option<Tensor<CudaBackend, 1>>) -> Result<Tensor<CudaBackend, 2>, GemmError> {
+    pub fn linear(
+        &self,
+        x: Tensor<CudaBackend, 2>,
+        weight: Tensor<CudaBackend, 2>,
+        bias: Option<Tensor<CudaBackend, 1>>,
+    ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
         self.gemm(x, weight.transpose(), bias)
     }
 
     /// `a · b (+ bias)`: the fast path or burn's matmul.
-    pub fn gemm(&self, a: Tensor<CudaBackend, 2>, b: Tensor<CudaBackend, 2>, bias: Option<Tensor<CudaBackend, 1>>) -> Result<Tensor<CudaBackend, 2>, GemmError> {
+    pub fn gemm(
+        &self,
+        a: Tensor<CudaBackend, 2>,
+        b: Tensor<CudaBackend, 2>,
+        bias: Option<Tensor<CudaBackend, 1>>,
+    ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
         layout::product_dims(a.dims(), b.dims())?;
         if let Some(bias) = &bias {
             layout::check_bias(bias.dims()[0], 1, b.dims()[1])?;
@@ -200,8 +219,15 @@ impl CudaGemm {
 
     /// Waits for every queued product and releases the inputs held for them.
     pub fn wait(&self) -> Result<(), GemmError> {
-        let result = self.stream.synchronize().map_err(driver_err("waiting for cuBLASLt"));
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).pending.clear();
+        let result = self
+            .stream
+            .synchronize()
+            .map_err(driver_err("waiting for cuBLASLt"));
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .clear();
         result
     }
 
@@ -213,14 +239,27 @@ impl CudaGemm {
     ) -> Result<Result<Tensor<CudaBackend, 2>, LayoutError>, GemmError> {
         let (ta, tb) = (primitive(a), primitive(b));
         if ta.dtype != tb.dtype {
-            return Err(GemmError::DTypeMismatch { a: ta.dtype, b: tb.dtype });
+            return Err(GemmError::DTypeMismatch {
+                a: ta.dtype,
+                b: tb.dtype,
+            });
         }
-        let not_blas = |what| Ok(Err(LayoutError::NotBlasOperand { what, shape: [0, 0], strides: [0, 0] }));
-        let Some(dtype) = lt_dtype(ta.dtype) else { return not_blas("dtype") };
+        let not_blas = |what| {
+            Ok(Err(LayoutError::NotBlasOperand {
+                what,
+                shape: [0, 0],
+                strides: [0, 0],
+            }))
+        };
+        let Some(dtype) = lt_dtype(ta.dtype) else {
+            return not_blas("dtype");
+        };
         if ta.qparams.is_some() || tb.qparams.is_some() {
             return not_blas("quantized tensor");
         }
-        let (Some(va), Some(vb)) = (view(&ta), view(&tb)) else { return Err(GemmError::Rank(ta.meta.shape().len())) };
+        let (Some(va), Some(vb)) = (view(&ta), view(&tb)) else {
+            return Err(GemmError::Rank(ta.meta.shape().len()));
+        };
         let mut problem = match layout::plan(va, vb) {
             Ok(p) => p,
             Err(e @ LayoutError::ShapeMismatch { .. }) => return Err(e.into()),
@@ -230,10 +269,15 @@ impl CudaGemm {
             Some(bias) => {
                 let tbias = primitive_1d(bias);
                 if tbias.dtype != ta.dtype {
-                    return Err(GemmError::DTypeMismatch { a: ta.dtype, b: tbias.dtype });
+                    return Err(GemmError::DTypeMismatch {
+                        a: ta.dtype,
+                        b: tbias.dtype,
+                    });
                 }
                 let stride = tbias.meta.strides().first().copied().unwrap_or(1);
-                if let Err(e) = layout::check_bias(tbias.meta.shape()[0], stride, problem.m as usize) {
+                if let Err(e) =
+                    layout::check_bias(tbias.meta.shape()[0], stride, problem.m as usize)
+                {
                     return Ok(Err(e));
                 }
                 Some(tbias)
@@ -245,12 +289,17 @@ impl CudaGemm {
         let out = Tensor::<CudaBackend, 2>::empty([m, n], (&self.device, ta.dtype));
         let tout = primitive(&out);
         match view(&tout).and_then(layout::access) {
-            Some(layout::Access::RowMajor { ld }) => problem.ldc = i64::try_from(ld).map_err(|_| LayoutError::TooLarge(ld))?,
+            Some(layout::Access::RowMajor { ld }) => {
+                problem.ldc = i64::try_from(ld).map_err(|_| LayoutError::TooLarge(ld))?
+            }
             _ => return not_blas("output"),
         }
 
         let ptr = |t: &CubeTensor<CudaRuntime>, what: &str| -> Result<u64, GemmError> {
-            let resource = t.client.get_resource(t.handle.clone()).map_err(|e| GemmError::Burn(format!("{what}: {e:?}")))?;
+            let resource = t
+                .client
+                .get_resource(t.handle.clone())
+                .map_err(|e| GemmError::Burn(format!("{what}: {e:?}")))?;
             Ok(resource.resource().ptr)
         };
         let (pa, pb, pc) = (ptr(&ta, "A")?, ptr(&tb, "B")?, ptr(&tout, "output")?);
@@ -318,26 +367,43 @@ impl CudaGemm {
     /// Descriptors and the heuristic's algorithm for one problem.
     fn plan(&self, key: &PlanKey, dtype: lts::cudaDataType_t) -> Result<Plan, GemmError> {
         let p = key.problem;
-        let layout_of = |rows, cols, ld, what| lt::create_matrix_layout(dtype, rows, cols, ld).map_err(cublas_err(what));
-        let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, lts::cudaDataType_t::CUDA_R_32F)
-            .map_err(cublas_err("matmul desc"))?;
+        let layout_of = |rows, cols, ld, what| {
+            lt::create_matrix_layout(dtype, rows, cols, ld).map_err(cublas_err(what))
+        };
+        let desc = lt::create_matmul_desc(
+            lts::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lts::cudaDataType_t::CUDA_R_32F,
+        )
+        .map_err(cublas_err("matmul desc"))?;
         // From here on `plan` owns the handles created so far (Drop destroys them on error).
-        // SAFETY: `cublasLtMatmulAlgo_t` is plain data (an array of u64); zero is a placeholder
+        // SAFETY: `cublasLtMatmulAlgo_t` is plain data (an array of u64); it starts zeroed and is
         // overwritten by the heuristic's pick before the plan is used.
         let algo = unsafe { std::mem::zeroed() };
-        let mut plan = Plan { desc, first: std::ptr::null_mut(), second: std::ptr::null_mut(), out: std::ptr::null_mut(), algo };
+        let mut plan = Plan {
+            desc,
+            first: std::ptr::null_mut(),
+            second: std::ptr::null_mut(),
+            out: std::ptr::null_mut(),
+            algo,
+        };
         plan.first = layout_of(p.first.rows, p.first.cols, p.first.ld, "layout A")?;
         plan.second = layout_of(p.second.rows, p.second.cols, p.second.ld, "layout B")?;
         plan.out = layout_of(p.m, p.n, p.ldc, "layout D")?;
         let set_desc = |attr, value: i32| {
             // SAFETY: a 4-byte enum attribute passed by address.
-            unsafe { lt::set_matmul_desc_attribute(plan.desc, attr, (&value as *const i32).cast(), 4) }.map_err(cublas_err("desc attribute"))
+            unsafe {
+                lt::set_matmul_desc_attribute(plan.desc, attr, (&value as *const i32).cast(), 4)
+            }
+            .map_err(cublas_err("desc attribute"))
         };
         use lts::cublasLtMatmulDescAttributes_t as D;
         set_desc(D::CUBLASLT_MATMUL_DESC_TRANSA, p.first.transpose as i32)?;
         set_desc(D::CUBLASLT_MATMUL_DESC_TRANSB, p.second.transpose as i32)?;
         if key.bias {
-            set_desc(D::CUBLASLT_MATMUL_DESC_EPILOGUE, lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as i32)?;
+            set_desc(
+                D::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as i32,
+            )?;
             set_desc(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, dtype as i32)?;
         }
         let pref = lt::create_matmul_pref().map_err(cublas_err("preference"))?;
@@ -346,18 +412,55 @@ impl CudaGemm {
             // SAFETY: attributes passed by address with their sizes (u64 workspace, u32 alignments).
             unsafe {
                 let ws = self.workspace_size as u64;
-                lt::set_matmul_pref_attribute(pref, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, (&ws as *const u64).cast(), 8)?;
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    (&ws as *const u64).cast(),
+                    8,
+                )?;
                 let [a, b, d, _bias] = key.align;
-                lt::set_matmul_pref_attribute(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, (&a as *const u32).cast(), 4)?;
-                lt::set_matmul_pref_attribute(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, (&b as *const u32).cast(), 4)?;
-                lt::set_matmul_pref_attribute(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, (&d as *const u32).cast(), 4)?;
-                lt::set_matmul_pref_attribute(pref, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, (&d as *const u32).cast(), 4)?;
-                lt::get_matmul_algo_heuristic(self.handle, plan.desc, plan.first, plan.second, plan.out, plan.out, pref)
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    (&a as *const u32).cast(),
+                    4,
+                )?;
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    (&b as *const u32).cast(),
+                    4,
+                )?;
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    (&d as *const u32).cast(),
+                    4,
+                )?;
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    (&d as *const u32).cast(),
+                    4,
+                )?;
+                lt::get_matmul_algo_heuristic(
+                    self.handle,
+                    plan.desc,
+                    plan.first,
+                    plan.second,
+                    plan.out,
+                    plan.out,
+                    pref,
+                )
             }
         })();
         // SAFETY: created above, used only by the heuristic call.
-        unsafe { let _ = lt::destroy_matmul_pref(pref); }
-        plan.algo = result.map_err(cublas_err("no algorithm for this problem"))?.algo;
+        unsafe {
+            let _ = lt::destroy_matmul_pref(pref);
+        }
+        plan.algo = result
+            .map_err(cublas_err("no algorithm for this problem"))?
+            .algo;
         Ok(plan)
     }
 }

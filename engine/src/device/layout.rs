@@ -20,11 +20,20 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum LayoutError {
     #[error("matmul shapes do not agree: [{m}, {k_a}] · [{k_b}, {n}]")]
-    ShapeMismatch { m: usize, k_a: usize, k_b: usize, n: usize },
+    ShapeMismatch {
+        m: usize,
+        k_a: usize,
+        k_b: usize,
+        n: usize,
+    },
     #[error("bias has {got} elements, the product has {n} columns")]
     BiasLength { got: usize, n: usize },
     #[error("{what} is not a BLAS operand (shape {shape:?}, strides {strides:?})")]
-    NotBlasOperand { what: &'static str, shape: [usize; 2], strides: [usize; 2] },
+    NotBlasOperand {
+        what: &'static str,
+        shape: [usize; 2],
+        strides: [usize; 2],
+    },
     #[error("empty product ([{m}, {k}] · [{k}, {n}])")]
     Empty { m: usize, k: usize, n: usize },
     #[error("dimension {0} does not fit cuBLASLt's 64-bit signed sizes")]
@@ -42,13 +51,19 @@ pub struct View2d {
 impl View2d {
     /// A dense row-major `[rows, cols]` matrix.
     pub fn contiguous(rows: usize, cols: usize) -> Self {
-        View2d { shape: [rows, cols], strides: [cols, 1] }
+        View2d {
+            shape: [rows, cols],
+            strides: [cols, 1],
+        }
     }
 
     /// From burn/cubecl shape and strides; `None` unless both have exactly two entries.
     pub fn from_slices(shape: &[usize], strides: &[usize]) -> Option<Self> {
         match (shape, strides) {
-            ([r, c], [sr, sc]) => Some(View2d { shape: [*r, *c], strides: [*sr, *sc] }),
+            ([r, c], [sr, sc]) => Some(View2d {
+                shape: [*r, *c],
+                strides: [*sr, *sc],
+            }),
             _ => None,
         }
     }
@@ -129,26 +144,60 @@ pub fn plan(a: View2d, b: View2d) -> Result<LtProblem, LayoutError> {
     if m == 0 || k == 0 || n == 0 {
         return Err(LayoutError::Empty { m, k, n });
     }
-    let not_blas = |what, v: View2d| LayoutError::NotBlasOperand { what, shape: v.shape, strides: v.strides };
+    let not_blas = |what, v: View2d| LayoutError::NotBlasOperand {
+        what,
+        shape: v.shape,
+        strides: v.strides,
+    };
     // Our B ([K, N]) is cuBLASLt's A (m × k = N × K).
     let first = match access(b).ok_or_else(|| not_blas("B", b))? {
         // Row-major B is the column-major N × K matrix Bᵀ: no transpose.
-        Access::RowMajor { ld } => LtOperand { transpose: false, rows: to_u64(n)?, cols: to_u64(k)?, ld: to_i64(ld)? },
+        Access::RowMajor { ld } => LtOperand {
+            transpose: false,
+            rows: to_u64(n)?,
+            cols: to_u64(k)?,
+            ld: to_i64(ld)?,
+        },
         // A column-major B is stored K × N: transpose it.
-        Access::ColMajor { ld } => LtOperand { transpose: true, rows: to_u64(k)?, cols: to_u64(n)?, ld: to_i64(ld)? },
+        Access::ColMajor { ld } => LtOperand {
+            transpose: true,
+            rows: to_u64(k)?,
+            cols: to_u64(n)?,
+            ld: to_i64(ld)?,
+        },
     };
     // Our A ([M, K]) is cuBLASLt's B (k × n = K × M).
     let second = match access(a).ok_or_else(|| not_blas("A", a))? {
-        Access::RowMajor { ld } => LtOperand { transpose: false, rows: to_u64(k)?, cols: to_u64(m)?, ld: to_i64(ld)? },
-        Access::ColMajor { ld } => LtOperand { transpose: true, rows: to_u64(m)?, cols: to_u64(k)?, ld: to_i64(ld)? },
+        Access::RowMajor { ld } => LtOperand {
+            transpose: false,
+            rows: to_u64(k)?,
+            cols: to_u64(m)?,
+            ld: to_i64(ld)?,
+        },
+        Access::ColMajor { ld } => LtOperand {
+            transpose: true,
+            rows: to_u64(m)?,
+            cols: to_u64(k)?,
+            ld: to_i64(ld)?,
+        },
     };
-    Ok(LtProblem { m: to_u64(n)?, n: to_u64(m)?, k: to_u64(k)?, first, second, ldc: to_i64(n)? })
+    Ok(LtProblem {
+        m: to_u64(n)?,
+        n: to_u64(m)?,
+        k: to_u64(k)?,
+        first,
+        second,
+        ldc: to_i64(n)?,
+    })
 }
 
 /// The view of `Wᵀ` for a weight stored `[N, K]` (PyTorch / GGUF `[out, in]`), so that
 /// `x · Wᵀ` is `plan(x, transposed(w))`.
 pub fn transposed(w: View2d) -> View2d {
-    View2d { shape: [w.shape[1], w.shape[0]], strides: [w.strides[1], w.strides[0]] }
+    View2d {
+        shape: [w.shape[1], w.shape[0]],
+        strides: [w.strides[1], w.strides[0]],
+    }
 }
 
 /// A bias of `len` elements with stride `stride` added to every row of an `[M, N]` product: it
@@ -158,7 +207,11 @@ pub fn check_bias(len: usize, stride: usize, n: usize) -> Result<(), LayoutError
         return Err(LayoutError::BiasLength { got: len, n });
     }
     if len > 1 && stride != 1 {
-        return Err(LayoutError::NotBlasOperand { what: "bias", shape: [1, len], strides: [len, stride] });
+        return Err(LayoutError::NotBlasOperand {
+            what: "bias",
+            shape: [1, len],
+            strides: [len, stride],
+        });
     }
     Ok(())
 }
@@ -166,7 +219,11 @@ pub fn check_bias(len: usize, stride: usize, n: usize) -> Result<(), LayoutError
 /// The alignment (bytes, a power of two up to 256) a device address guarantees, for cuBLASLt's
 /// `MIN_ALIGNMENT_*` preferences: kernels that need more are then never picked.
 pub fn pointer_alignment(ptr: u64) -> u32 {
-    if ptr == 0 { 256 } else { 1u32 << ptr.trailing_zeros().min(8) }
+    if ptr == 0 {
+        256
+    } else {
+        1u32 << ptr.trailing_zeros().min(8)
+    }
 }
 
 /// Floating-point operations of an `[M, K] · [K, N]` product.
@@ -217,13 +274,19 @@ mod tests {
     }
 
     fn buffer(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 17) as f32 - 8.0).collect()
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 17) as f32 - 8.0)
+            .collect()
     }
 
     fn check(av: View2d, bv: View2d, a_len: usize, b_len: usize) {
         let (a, b) = (buffer(a_len, 1), buffer(b_len, 7));
         let p = plan(av, bv).unwrap();
-        assert_eq!(run_lt(p, &b, &a), naive(&a, av, &b, bv), "{av:?} · {bv:?} -> {p:?}");
+        assert_eq!(
+            run_lt(p, &b, &a),
+            naive(&a, av, &b, bv),
+            "{av:?} · {bv:?} -> {p:?}"
+        );
     }
 
     #[test]
@@ -238,7 +301,15 @@ mod tests {
         let p = plan(View2d::contiguous(3, 4), transposed(w)).unwrap();
         assert!(p.first.transpose && !p.second.transpose);
         assert_eq!((p.m, p.n, p.k, p.ldc), (5, 3, 4, 5));
-        assert_eq!(p.first, LtOperand { transpose: true, rows: 4, cols: 5, ld: 4 });
+        assert_eq!(
+            p.first,
+            LtOperand {
+                transpose: true,
+                rows: 4,
+                cols: 5,
+                ld: 4
+            }
+        );
         check(View2d::contiguous(3, 4), transposed(w), 12, 20);
     }
 
@@ -246,27 +317,72 @@ mod tests {
     fn transposed_left_operand_and_padded_rows() {
         // A is a transposed view of a [K=4, M=3] buffer; B has rows padded to 8.
         let a = transposed(View2d::contiguous(4, 3));
-        let b = View2d { shape: [4, 5], strides: [8, 1] };
+        let b = View2d {
+            shape: [4, 5],
+            strides: [8, 1],
+        };
         assert_eq!(access(b), Some(Access::RowMajor { ld: 8 }));
         check(a, b, 12, 32);
         // Both transposed, with padding on the column-major one.
-        let b = View2d { shape: [4, 5], strides: [1, 6] };
+        let b = View2d {
+            shape: [4, 5],
+            strides: [1, 6],
+        };
         check(a, b, 12, 30);
     }
 
     #[test]
     fn vectors_and_extent_one_dims_ignore_their_stride() {
-        assert_eq!(access(View2d { shape: [1, 7], strides: [0, 1] }), Some(Access::RowMajor { ld: 7 }));
-        assert_eq!(access(View2d { shape: [7, 1], strides: [1, 99] }), Some(Access::RowMajor { ld: 1 }));
-        check(View2d { shape: [1, 4], strides: [0, 1] }, View2d { shape: [4, 1], strides: [1, 3] }, 4, 4);
+        assert_eq!(
+            access(View2d {
+                shape: [1, 7],
+                strides: [0, 1]
+            }),
+            Some(Access::RowMajor { ld: 7 })
+        );
+        assert_eq!(
+            access(View2d {
+                shape: [7, 1],
+                strides: [1, 99]
+            }),
+            Some(Access::RowMajor { ld: 1 })
+        );
+        check(
+            View2d {
+                shape: [1, 4],
+                strides: [0, 1],
+            },
+            View2d {
+                shape: [4, 1],
+                strides: [1, 3],
+            },
+            4,
+            4,
+        );
     }
 
     #[test]
     fn non_blas_views_are_refused_not_miscomputed() {
         // Broadcast rows (stride 0) and overlapping rows.
-        for v in [View2d { shape: [4, 5], strides: [0, 1] }, View2d { shape: [4, 5], strides: [3, 1] }, View2d { shape: [4, 5], strides: [10, 2] }] {
+        for v in [
+            View2d {
+                shape: [4, 5],
+                strides: [0, 1],
+            },
+            View2d {
+                shape: [4, 5],
+                strides: [3, 1],
+            },
+            View2d {
+                shape: [4, 5],
+                strides: [10, 2],
+            },
+        ] {
             assert_eq!(access(v), None, "{v:?}");
-            assert!(matches!(plan(View2d::contiguous(2, 4), v), Err(LayoutError::NotBlasOperand { what: "B", .. })));
+            assert!(matches!(
+                plan(View2d::contiguous(2, 4), v),
+                Err(LayoutError::NotBlasOperand { what: "B", .. })
+            ));
         }
     }
 
@@ -274,12 +390,23 @@ mod tests {
     fn shape_errors() {
         assert_eq!(
             plan(View2d::contiguous(2, 3), View2d::contiguous(4, 5)),
-            Err(LayoutError::ShapeMismatch { m: 2, k_a: 3, k_b: 4, n: 5 })
+            Err(LayoutError::ShapeMismatch {
+                m: 2,
+                k_a: 3,
+                k_b: 4,
+                n: 5
+            })
         );
-        assert!(matches!(plan(View2d::contiguous(0, 3), View2d::contiguous(3, 5)), Err(LayoutError::Empty { .. })));
+        assert!(matches!(
+            plan(View2d::contiguous(0, 3), View2d::contiguous(3, 5)),
+            Err(LayoutError::Empty { .. })
+        ));
         assert_eq!(View2d::from_slices(&[2, 3, 4], &[12, 4, 1]), None);
         assert_eq!(check_bias(5, 1, 5), Ok(()));
-        assert_eq!(check_bias(4, 1, 5), Err(LayoutError::BiasLength { got: 4, n: 5 }));
+        assert_eq!(
+            check_bias(4, 1, 5),
+            Err(LayoutError::BiasLength { got: 4, n: 5 })
+        );
         assert!(check_bias(5, 2, 5).is_err());
     }
 

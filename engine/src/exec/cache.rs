@@ -64,7 +64,9 @@ pub(crate) struct OutputCache<B: Backend> {
 
 impl<B: Backend> OutputCache<B> {
     pub(crate) fn new() -> Self {
-        OutputCache { entries: HashMap::new() }
+        OutputCache {
+            entries: HashMap::new(),
+        }
     }
 
     /// The outputs under `signature`, marking them used by `run`.
@@ -79,7 +81,13 @@ impl<B: Backend> OutputCache<B> {
     }
 
     pub(crate) fn insert(&mut self, signature: Signature, outputs: Arc<[Value<B>]>, run: u64) {
-        self.entries.insert(signature, Entry { outputs, last_run: run });
+        self.entries.insert(
+            signature,
+            Entry {
+                outputs,
+                last_run: run,
+            },
+        );
     }
 
     /// Drops every entry that `run` did not use.

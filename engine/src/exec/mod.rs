@@ -111,7 +111,13 @@ pub struct Executor<B: Backend> {
 impl<B: Backend> Executor<B> {
     /// An executor with an empty cache.
     pub fn new(device: B::Device, env: RunEnv) -> Self {
-        Executor { device, env, cache: OutputCache::new(), runs: 0, last_signatures: HashMap::new() }
+        Executor {
+            device,
+            env,
+            cache: OutputCache::new(),
+            runs: 0,
+            last_signatures: HashMap::new(),
+        }
     }
 
     /// The environment nodes see (folders, services).
@@ -153,8 +159,14 @@ impl<B: Backend> Executor<B> {
         let run = self.runs;
         let started = Instant::now();
         let plan = graph.needed();
-        events.event(&Event::RunStarted { run, planned: plan.len() });
-        let mut report = RunReport { run, ..RunReport::default() };
+        events.event(&Event::RunStarted {
+            run,
+            planned: plan.len(),
+        });
+        let mut report = RunReport {
+            run,
+            ..RunReport::default()
+        };
         report.skipped = graph
             .nodes()
             .filter(|n| !plan.iter().any(|&i| graph.node_at(i).id == n.id))
@@ -167,14 +179,19 @@ impl<B: Backend> Executor<B> {
         for (position, &index) in plan.iter().enumerate() {
             let node = graph.node_at(index);
             let step = if cancel.is_cancelled() {
-                Err(ExecError::Cancelled { node_id: Some(node.id.clone()) })
+                Err(ExecError::Cancelled {
+                    node_id: Some(node.id.clone()),
+                })
             } else {
                 self.step(graph, index, &computed, run, events, cancel)
             };
             match step {
                 Ok((signature, outputs, duration)) => {
                     match duration {
-                        Some(duration) => report.executed.push(NodeRun { node_id: node.id.clone(), duration }),
+                        Some(duration) => report.executed.push(NodeRun {
+                            node_id: node.id.clone(),
+                            duration,
+                        }),
                         None => report.cached.push(node.id.clone()),
                     }
                     self.last_signatures.insert(node.id.clone(), signature);
@@ -190,7 +207,10 @@ impl<B: Backend> Executor<B> {
 
         self.cache.retain_run(run);
         report.duration = started.elapsed();
-        events.event(&Event::RunFinished { run, duration: report.duration });
+        events.event(&Event::RunFinished {
+            run,
+            duration: report.duration,
+        });
         Ok(report)
     }
 
@@ -208,8 +228,14 @@ impl<B: Backend> Executor<B> {
         let node = graph.node_at(index);
         let node_type = node.schema.type_name.as_str();
         let fail = |source: NodeError| match source {
-            NodeError::Cancelled => ExecError::Cancelled { node_id: Some(node.id.clone()) },
-            source => ExecError::Node { node_id: node.id.clone(), node_type: node_type.to_owned(), source },
+            NodeError::Cancelled => ExecError::Cancelled {
+                node_id: Some(node.id.clone()),
+            },
+            source => ExecError::Node {
+                node_id: node.id.clone(),
+                node_type: node_type.to_owned(),
+                source,
+            },
         };
 
         let mut params = node.params.clone();
@@ -225,12 +251,17 @@ impl<B: Backend> Executor<B> {
                     inputs.insert(name, value);
                 }
                 EdgeTarget::Param(name) => {
-                    params.insert(name.clone(), linked_param(node, name, &value).map_err(fail)?);
+                    params.insert(
+                        name.clone(),
+                        linked_param(node, name, &value).map_err(fail)?,
+                    );
                 }
             }
         }
 
-        let ctx = NodeContext::new(&node.id, &self.device, &self.env).with_events(events).with_cancel(cancel.clone());
+        let ctx = NodeContext::new(&node.id, &self.device, &self.env)
+            .with_events(events)
+            .with_cancel(cancel.clone());
         let fingerprint = node.node.fingerprint(&params, &ctx).map_err(fail)?;
         let nonce = node.schema.always_run.then_some(run);
         let signature = Signature::of(&SignatureInput {
@@ -245,14 +276,24 @@ impl<B: Backend> Executor<B> {
             && let Some(outputs) = self.cache.get(signature, run)
         {
             tracing::debug!(node = %node.id, node_type, "cached");
-            events.event(&Event::NodeCached { node_id: node.id.clone(), node_type: node_type.to_owned() });
+            events.event(&Event::NodeCached {
+                node_id: node.id.clone(),
+                node_type: node_type.to_owned(),
+            });
             return Ok((signature, outputs, None));
         }
 
         tracing::debug!(node = %node.id, node_type, "started");
-        events.event(&Event::NodeStarted { node_id: node.id.clone(), node_type: node_type.to_owned() });
+        events.event(&Event::NodeStarted {
+            node_id: node.id.clone(),
+            node_type: node_type.to_owned(),
+        });
         let started = Instant::now();
-        let outputs = node.node.run(&params, inputs, &ctx).map_err(fail)?.into_values();
+        let outputs = node
+            .node
+            .run(&params, inputs, &ctx)
+            .map_err(fail)?
+            .into_values();
         check_outputs(&node.schema, &outputs).map_err(|reason| ExecError::Contract {
             node_id: node.id.clone(),
             node_type: node_type.to_owned(),
@@ -260,7 +301,11 @@ impl<B: Backend> Executor<B> {
         })?;
         let duration = started.elapsed();
         tracing::debug!(node = %node.id, node_type, ?duration, "finished");
-        events.event(&Event::NodeFinished { node_id: node.id.clone(), node_type: node_type.to_owned(), duration });
+        events.event(&Event::NodeFinished {
+            node_id: node.id.clone(),
+            node_type: node_type.to_owned(),
+            duration,
+        });
         let outputs: Arc<[Value<B>]> = outputs.into();
         if !node.schema.always_run {
             self.cache.insert(signature, outputs.clone(), run);
@@ -283,9 +328,16 @@ fn last_consumers<B: Backend>(graph: &Graph<B>, plan: &[NodeIndex]) -> HashMap<N
 
 /// Calls the release hooks of the objects whose last consumer in this run just finished (the
 /// node at `position`): e.g. a text encoder's weights leave the device before sampling.
-fn release_unused<B: Backend>(graph: &Graph<B>, last_use: &HashMap<NodeIndex, usize>, position: usize, computed: &Computed<B>) {
+fn release_unused<B: Backend>(
+    graph: &Graph<B>,
+    last_use: &HashMap<NodeIndex, usize>,
+    position: usize,
+    computed: &Computed<B>,
+) {
     for (&source, _) in last_use.iter().filter(|&(_, &p)| p == position) {
-        let Some((_, outputs)) = computed.get(&source) else { continue };
+        let Some((_, outputs)) = computed.get(&source) else {
+            continue;
+        };
         for value in outputs.iter() {
             if let Value::Object(object) = value
                 && object.release_if_unused()
@@ -299,13 +351,27 @@ fn release_unused<B: Backend>(graph: &Graph<B>, last_use: &HashMap<NodeIndex, us
 /// The event that reports `error`.
 fn failure_event(error: &ExecError) -> Event {
     match error {
-        ExecError::Cancelled { node_id } => Event::Cancelled { node_id: node_id.clone() },
-        ExecError::Node { node_id, node_type, source } => {
-            Event::NodeFailed { node_id: node_id.clone(), node_type: node_type.clone(), error: error_chain(source) }
-        }
-        ExecError::Contract { node_id, node_type, reason } => {
-            Event::NodeFailed { node_id: node_id.clone(), node_type: node_type.clone(), error: reason.clone() }
-        }
+        ExecError::Cancelled { node_id } => Event::Cancelled {
+            node_id: node_id.clone(),
+        },
+        ExecError::Node {
+            node_id,
+            node_type,
+            source,
+        } => Event::NodeFailed {
+            node_id: node_id.clone(),
+            node_type: node_type.clone(),
+            error: error_chain(source),
+        },
+        ExecError::Contract {
+            node_id,
+            node_type,
+            reason,
+        } => Event::NodeFailed {
+            node_id: node_id.clone(),
+            node_type: node_type.clone(),
+            error: reason.clone(),
+        },
     }
 }
 
@@ -321,22 +387,38 @@ fn linked_param<B: Backend>(
         Value::String(v) => ParamValue::String(v.clone()),
         Value::Boolean(v) => ParamValue::Boolean(*v),
         other => {
-            return Err(NodeError::Params(format!("parameter \"{name}\" cannot take a {} value", other.port_type())));
+            return Err(NodeError::Params(format!(
+                "parameter \"{name}\" cannot take a {} value",
+                other.port_type()
+            )));
         }
     };
-    let spec =
-        node.schema.param_spec(name).ok_or_else(|| NodeError::Params(format!("unknown parameter \"{name}\"")))?;
-    spec.check(&literal).map_err(|problem| NodeError::Params(format!("parameter \"{name}\" (linked): {problem}")))
+    let spec = node
+        .schema
+        .param_spec(name)
+        .ok_or_else(|| NodeError::Params(format!("unknown parameter \"{name}\"")))?;
+    spec.check(&literal)
+        .map_err(|problem| NodeError::Params(format!("parameter \"{name}\" (linked): {problem}")))
 }
 
-fn check_outputs<B: Backend>(schema: &crate::node::NodeSchema, outputs: &[Value<B>]) -> Result<(), String> {
+fn check_outputs<B: Backend>(
+    schema: &crate::node::NodeSchema,
+    outputs: &[Value<B>],
+) -> Result<(), String> {
     if outputs.len() != schema.outputs.len() {
-        return Err(format!("returned {} outputs, declares {}", outputs.len(), schema.outputs.len()));
+        return Err(format!(
+            "returned {} outputs, declares {}",
+            outputs.len(),
+            schema.outputs.len()
+        ));
     }
     for (value, spec) in outputs.iter().zip(&schema.outputs) {
         let found = value.port_type();
         if found != spec.port_type {
-            return Err(format!("output \"{}\" should be {}, is {found}", spec.name, spec.port_type));
+            return Err(format!(
+                "output \"{}\" should be {}, is {found}",
+                spec.name, spec.port_type
+            ));
         }
     }
     Ok(())

@@ -14,10 +14,20 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 impl<B: Backend> Graph<B> {
     /// Validates `workflow` against `registry` and builds its graph, or reports every problem.
-    pub fn build(workflow: &Workflow, registry: &NodeRegistry<B>) -> Result<Self, ValidationReport> {
-        let mut builder = Builder { workflow, diagnostics: Vec::new() };
+    pub fn build(
+        workflow: &Workflow,
+        registry: &NodeRegistry<B>,
+    ) -> Result<Self, ValidationReport> {
+        let mut builder = Builder {
+            workflow,
+            diagnostics: Vec::new(),
+        };
         let graph = builder.build(registry);
-        if builder.diagnostics.is_empty() { Ok(graph) } else { Err(ValidationReport::new(builder.diagnostics)) }
+        if builder.diagnostics.is_empty() {
+            Ok(graph)
+        } else {
+            Err(ValidationReport::new(builder.diagnostics))
+        }
     }
 }
 
@@ -27,12 +37,15 @@ struct Builder<'w> {
 }
 
 fn did_you_mean(suggestion: Option<&str>) -> String {
-    suggestion.map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
+    suggestion
+        .map(|s| format!(" (did you mean \"{s}\"?)"))
+        .unwrap_or_default()
 }
 
 impl<'w> Builder<'w> {
     fn report(&mut self, pos: Option<Pos>, node: &str, problem: Problem) {
-        self.diagnostics.push(self.workflow.diagnostic(pos, Some(node), problem));
+        self.diagnostics
+            .push(self.workflow.diagnostic(pos, Some(node), problem));
     }
 
     fn build<B: Backend>(&mut self, registry: &NodeRegistry<B>) -> Graph<B> {
@@ -48,14 +61,19 @@ impl<'w> Builder<'w> {
                 self.report(key, id, Problem::InvalidNodeId);
             }
             if occurrence > 0 {
-                let first = workflow.key_pos(&["nodes", id], 0).map_or_else(|| "?".to_owned(), |p| p.to_string());
+                let first = workflow
+                    .key_pos(&["nodes", id], 0)
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string());
                 self.report(key, id, Problem::DuplicateNode { first });
                 continue;
             }
             declared.push(id);
             let Some(registered) = registry.get(&entry.node_type) else {
                 let suggestion = registry.suggest(&entry.node_type).map(str::to_owned);
-                let problem = Problem::UnknownNodeType { name: entry.node_type.clone(), suggestion };
+                let problem = Problem::UnknownNodeType {
+                    name: entry.node_type.clone(),
+                    suggestion,
+                };
                 self.report(workflow.value_pos(&["nodes", id, "type"], 0), id, problem);
                 continue;
             };
@@ -89,14 +107,24 @@ impl<'w> Builder<'w> {
             if self.diagnostics.len() == before {
                 let mut trial = params.clone();
                 for spec in &schema.params {
-                    trial.entry(spec.name.clone()).or_insert_with(|| spec.placeholder());
+                    trial
+                        .entry(spec.name.clone())
+                        .or_insert_with(|| spec.placeholder());
                 }
                 if let Err(e) = dag[index].node.check_params(&trial) {
-                    self.report(workflow.key_pos(&["nodes", id], 0), id, Problem::TypedParams(e.to_string()));
+                    self.report(
+                        workflow.key_pos(&["nodes", id], 0),
+                        id,
+                        Problem::TypedParams(e.to_string()),
+                    );
                 }
             }
             dag[index].params = params;
-            edges.extend(linked.into_iter().map(|(source, edge)| (source, index, edge)));
+            edges.extend(
+                linked
+                    .into_iter()
+                    .map(|(source, edge)| (source, index, edge)),
+            );
         }
         for (source, target, edge) in edges {
             dag.add_edge(source, target, edge);
@@ -105,9 +133,14 @@ impl<'w> Builder<'w> {
         self.check_cycles(&dag);
         if self.diagnostics.is_empty() && !dag.node_weights().any(|n| n.schema.output_node) {
             let pos = workflow.key_pos(&["nodes"], 0);
-            self.diagnostics.push(workflow.diagnostic(pos, None, Problem::NoOutputNode));
+            self.diagnostics
+                .push(workflow.diagnostic(pos, None, Problem::NoOutputNode));
         }
-        let order = if self.diagnostics.is_empty() { topological_order(&dag) } else { Vec::new() };
+        let order = if self.diagnostics.is_empty() {
+            topological_order(&dag)
+        } else {
+            Vec::new()
+        };
         Graph { dag, order }
     }
 
@@ -128,7 +161,14 @@ impl<'w> Builder<'w> {
                 } else {
                     did_you_mean(nearest(name, schema.params.iter().map(|p| p.name.as_str())))
                 };
-                self.report(key, id, Problem::UnknownParam { name: name.to_owned(), hint });
+                self.report(
+                    key,
+                    id,
+                    Problem::UnknownParam {
+                        name: name.to_owned(),
+                        hint,
+                    },
+                );
                 continue;
             };
             if entry.inputs.get(name).is_some() {
@@ -140,7 +180,14 @@ impl<'w> Builder<'w> {
                     params.insert(name.to_owned(), value);
                 }
                 Err(problem) => {
-                    self.report(workflow.value_pos(&path, 0), id, Problem::BadParam { name: name.to_owned(), problem });
+                    self.report(
+                        workflow.value_pos(&path, 0),
+                        id,
+                        Problem::BadParam {
+                            name: name.to_owned(),
+                            problem,
+                        },
+                    );
                 }
             }
         }
@@ -173,19 +220,37 @@ impl<'w> Builder<'w> {
             } else if let Some(param) = schema.param_spec(name) {
                 (param.port_type(), EdgeTarget::Param(name.to_owned()))
             } else {
-                let names =
-                    schema.inputs.iter().map(|i| i.name.as_str()).chain(schema.params.iter().map(|p| p.name.as_str()));
+                let names = schema
+                    .inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .chain(schema.params.iter().map(|p| p.name.as_str()));
                 let hint = did_you_mean(nearest(name, names));
-                self.report(key, id, Problem::UnknownInput { name: name.to_owned(), hint });
+                self.report(
+                    key,
+                    id,
+                    Problem::UnknownInput {
+                        name: name.to_owned(),
+                        hint,
+                    },
+                );
                 continue;
             };
             let Some(link_ref) = LinkRef::parse(link) else {
-                self.report(value, id, Problem::BadLink { input: name.to_owned(), link: link.clone() });
+                self.report(
+                    value,
+                    id,
+                    Problem::BadLink {
+                        input: name.to_owned(),
+                        link: link.clone(),
+                    },
+                );
                 continue;
             };
             let Some(&source) = index_of.get(link_ref.node) else {
                 if !declared.contains(&link_ref.node) {
-                    let suggestion = nearest(link_ref.node, declared.iter().copied()).map(str::to_owned);
+                    let suggestion =
+                        nearest(link_ref.node, declared.iter().copied()).map(str::to_owned);
                     let problem = Problem::LinkToUnknownNode {
                         input: name.to_owned(),
                         target: link_ref.node.to_owned(),
@@ -197,8 +262,14 @@ impl<'w> Builder<'w> {
                 continue;
             };
             let source_schema = &dag[source].schema;
-            let outputs =
-                || source_schema.outputs.iter().map(|o| format!("\"{}\"", o.name)).collect::<Vec<_>>().join(", ");
+            let outputs = || {
+                source_schema
+                    .outputs
+                    .iter()
+                    .map(|o| format!("\"{}\"", o.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let output = match link_ref.output {
                 Some(output) => source_schema.output_index(output).ok_or_else(|| {
                     if source_schema.outputs.is_empty() {
@@ -231,7 +302,12 @@ impl<'w> Builder<'w> {
                 self.report(
                     value,
                     id,
-                    Problem::TypeMismatch { input: name.to_owned(), link: link.clone(), expected, found },
+                    Problem::TypeMismatch {
+                        input: name.to_owned(),
+                        link: link.clone(),
+                        expected,
+                        found,
+                    },
                 );
                 continue;
             }
@@ -247,13 +323,23 @@ impl<'w> Builder<'w> {
                 self.report(
                     key,
                     id,
-                    Problem::MissingInput { name: input.name.clone(), port_type: input.port_type.clone() },
+                    Problem::MissingInput {
+                        name: input.name.clone(),
+                        port_type: input.port_type.clone(),
+                    },
                 );
             }
         }
         for param in schema.params.iter().filter(|p| p.default.is_none()) {
             if entry.params.get(&param.name).is_none() && entry.inputs.get(&param.name).is_none() {
-                self.report(key, id, Problem::MissingParam { name: param.name.clone(), kind: param.port_type() });
+                self.report(
+                    key,
+                    id,
+                    Problem::MissingParam {
+                        name: param.name.clone(),
+                        kind: param.port_type(),
+                    },
+                );
             }
         }
     }
@@ -265,7 +351,9 @@ impl<'w> Builder<'w> {
                 continue;
             }
             let members: HashSet<NodeIndex> = component.iter().copied().collect();
-            let Some(&start) = component.iter().min() else { continue };
+            let Some(&start) = component.iter().min() else {
+                continue;
+            };
             let path = cycle_through(dag, start, &members);
             let ids: Vec<String> = path.iter().map(|&i| dag[i].id.clone()).collect();
             let id = dag[start].id.clone();
@@ -276,7 +364,11 @@ impl<'w> Builder<'w> {
 }
 
 /// A shortest path from `start` back to itself inside one strongly connected component.
-fn cycle_through<N, E>(dag: &DiGraph<N, E>, start: NodeIndex, members: &HashSet<NodeIndex>) -> Vec<NodeIndex> {
+fn cycle_through<N, E>(
+    dag: &DiGraph<N, E>,
+    start: NodeIndex,
+    members: &HashSet<NodeIndex>,
+) -> Vec<NodeIndex> {
     let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
     let mut queue = VecDeque::from([start]);
     while let Some(at) = queue.pop_front() {
@@ -303,10 +395,18 @@ fn cycle_through<N, E>(dag: &DiGraph<N, E>, start: NodeIndex, members: &HashSet<
 
 /// Kahn's algorithm with the smallest (earliest in the file) ready node first: deterministic.
 fn topological_order<N, E>(dag: &DiGraph<N, E>) -> Vec<NodeIndex> {
-    let mut indegree: Vec<usize> =
-        dag.node_indices().map(|i| dag.neighbors_directed(i, petgraph::Direction::Incoming).count()).collect();
-    let mut ready: BinaryHeap<Reverse<NodeIndex>> =
-        dag.node_indices().filter(|i| indegree[i.index()] == 0).map(Reverse).collect();
+    let mut indegree: Vec<usize> = dag
+        .node_indices()
+        .map(|i| {
+            dag.neighbors_directed(i, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut ready: BinaryHeap<Reverse<NodeIndex>> = dag
+        .node_indices()
+        .filter(|i| indegree[i.index()] == 0)
+        .map(Reverse)
+        .collect();
     let mut order = Vec::with_capacity(dag.node_count());
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);

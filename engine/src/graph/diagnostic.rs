@@ -45,7 +45,10 @@ impl fmt::Display for Diagnostic {
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {
-    suggestion.as_ref().map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean \"{s}\"?)"))
+        .unwrap_or_default()
 }
 
 /// What can be wrong with a workflow.
@@ -178,7 +181,9 @@ pub enum Problem {
     #[error("cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
     /// Nothing to run.
-    #[error("the workflow has no output node (a sink such as SaveImage), so running it would do nothing")]
+    #[error(
+        "the workflow has no output node (a sink such as SaveImage), so running it would do nothing"
+    )]
     NoOutputNode,
 }
 

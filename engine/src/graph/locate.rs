@@ -50,12 +50,18 @@ impl Locator {
     /// Indexes `source`; never fails (text it does not understand is skipped).
     pub(crate) fn new(source: &str) -> Self {
         let tokens = tokenize(source);
-        let mut parser = Parser { tokens: &tokens, at: 0, entries: Vec::new() };
+        let mut parser = Parser {
+            tokens: &tokens,
+            at: 0,
+            entries: Vec::new(),
+        };
         let mut path = Vec::new();
         while parser.at < parser.tokens.len() {
             parser.value(&mut path, 0);
         }
-        Locator { entries: parser.entries }
+        Locator {
+            entries: parser.entries,
+        }
     }
 
     /// The key and value positions of the `nth` (from 0) occurrence of `path`.
@@ -82,7 +88,9 @@ impl<'t> Parser<'t> {
     }
 
     fn peek_is(&self, offset: usize, tok: &Tok) -> bool {
-        self.tokens.get(self.at + offset).is_some_and(|t| &t.tok == tok)
+        self.tokens
+            .get(self.at + offset)
+            .is_some_and(|t| &t.tok == tok)
     }
 
     fn value(&mut self, path: &mut Vec<String>, depth: usize) {
@@ -131,7 +139,11 @@ impl<'t> Parser<'t> {
 
     fn record(&mut self, path: &[String], key: Pos) {
         let value = self.peek().map_or(key, |t| t.pos);
-        self.entries.push(Entry { path: path.to_vec(), key, value });
+        self.entries.push(Entry {
+            path: path.to_vec(),
+            key,
+            value,
+        });
     }
 
     /// `( name: value, … )` or `( value, … )`.
@@ -245,7 +257,10 @@ impl Chars<'_> {
 }
 
 fn tokenize(source: &str) -> Vec<Token> {
-    let mut chars = Chars { chars: source.chars().peekable(), pos: Pos { line: 1, col: 1 } };
+    let mut chars = Chars {
+        chars: source.chars().peekable(),
+        pos: Pos { line: 1, col: 1 },
+    };
     let mut tokens = Vec::new();
     while let Some(c) = chars.peek() {
         let pos = chars.pos;
@@ -402,16 +417,31 @@ mod tests {
     fn finds_nested_keys_past_comments_and_strings() {
         let src = "#![enable(implicit_some)]\n// a comment with \"quotes\" and { braces\n(\n  version: 1,\n  nodes: {\n    /* block /* nested */ comment */\n    \"a\": (type: \"X\", params: { \"text\": r#\"he said \"hi\"\"#, \"n\": -1.5e3 }),\n  },\n)\n";
         let loc = Locator::new(src);
-        assert_eq!(loc.find_nth(&["version"], 0), Some((Pos { line: 4, col: 3 }, Pos { line: 4, col: 12 })));
-        assert_eq!(loc.find_nth(&["nodes", "a"], 0).map(|p| p.0), Some(Pos { line: 7, col: 5 }));
-        assert_eq!(loc.find_nth(&["nodes", "a", "type"], 0).map(|p| p.1), Some(Pos { line: 7, col: 17 }));
-        assert_eq!(loc.find_nth(&["nodes", "a", "params", "n"], 0).map(|p| p.1), Some(Pos { line: 7, col: 64 }));
+        assert_eq!(
+            loc.find_nth(&["version"], 0),
+            Some((Pos { line: 4, col: 3 }, Pos { line: 4, col: 12 }))
+        );
+        assert_eq!(
+            loc.find_nth(&["nodes", "a"], 0).map(|p| p.0),
+            Some(Pos { line: 7, col: 5 })
+        );
+        assert_eq!(
+            loc.find_nth(&["nodes", "a", "type"], 0).map(|p| p.1),
+            Some(Pos { line: 7, col: 17 })
+        );
+        assert_eq!(
+            loc.find_nth(&["nodes", "a", "params", "n"], 0).map(|p| p.1),
+            Some(Pos { line: 7, col: 64 })
+        );
     }
 
     #[test]
     fn counts_duplicate_keys() {
         let loc = Locator::new("(nodes: { \"a\": (), \"a\": () })");
-        assert_eq!(loc.find_nth(&["nodes", "a"], 1).map(|p| p.0), Some(Pos { line: 1, col: 20 }));
+        assert_eq!(
+            loc.find_nth(&["nodes", "a"], 1).map(|p| p.0),
+            Some(Pos { line: 1, col: 20 })
+        );
         assert_eq!(loc.find_nth(&["nodes", "a"], 2), None);
     }
 

@@ -10,7 +10,8 @@ pub use diagnostic::{Diagnostic, Problem, ValidationReport};
 pub use locate::Pos;
 pub use overrides::{Assignment, OverrideError, Sweep};
 pub use workflow::{
-    FORMAT_VERSION, LinkRef, NodeEntry, OrderedMap, Workflow, WorkflowError, WorkflowFile, is_valid_node_id,
+    FORMAT_VERSION, LinkRef, NodeEntry, OrderedMap, Workflow, WorkflowError, WorkflowFile,
+    is_valid_node_id,
 };
 
 use crate::node::{NodeSchema, ParamMap};
@@ -69,20 +70,31 @@ impl<B: Backend> Graph<B> {
 
     /// The ids of the nodes a run executes (those the output nodes need), in execution order.
     pub fn plan(&self) -> Vec<&str> {
-        self.needed().into_iter().map(|i| self.dag[i].id.as_str()).collect()
+        self.needed()
+            .into_iter()
+            .map(|i| self.dag[i].id.as_str())
+            .collect()
     }
 
     /// The nodes that output nodes depend on (output nodes included), in execution order.
     pub(crate) fn needed(&self) -> Vec<NodeIndex> {
         let mut needed = vec![false; self.dag.node_count()];
-        let mut stack: Vec<NodeIndex> = self.dag.node_indices().filter(|&i| self.dag[i].schema.output_node).collect();
+        let mut stack: Vec<NodeIndex> = self
+            .dag
+            .node_indices()
+            .filter(|&i| self.dag[i].schema.output_node)
+            .collect();
         while let Some(i) = stack.pop() {
             if std::mem::replace(&mut needed[i.index()], true) {
                 continue;
             }
             stack.extend(self.dag.neighbors_directed(i, Direction::Incoming));
         }
-        self.order.iter().copied().filter(|i| needed[i.index()]).collect()
+        self.order
+            .iter()
+            .copied()
+            .filter(|i| needed[i.index()])
+            .collect()
     }
 
     pub(crate) fn node_at(&self, i: NodeIndex) -> &GraphNode<B> {
@@ -92,8 +104,11 @@ impl<B: Backend> Graph<B> {
     /// The links into node `i`: (source node, link), in a stable order.
     pub(crate) fn incoming(&self, i: NodeIndex) -> Vec<(NodeIndex, &Edge)> {
         use petgraph::visit::EdgeRef;
-        let mut edges: Vec<_> =
-            self.dag.edges_directed(i, Direction::Incoming).map(|e| (e.source(), e.weight())).collect();
+        let mut edges: Vec<_> = self
+            .dag
+            .edges_directed(i, Direction::Incoming)
+            .map(|e| (e.source(), e.weight()))
+            .collect();
         edges.sort_by(|a, b| a.1.target.cmp(&b.1.target));
         edges
     }

@@ -74,7 +74,9 @@ pub struct Assignment {
 }
 
 fn split_target(arg: &str) -> Result<(String, String, &str), OverrideError> {
-    let syntax = || OverrideError::Syntax { arg: arg.to_owned() };
+    let syntax = || OverrideError::Syntax {
+        arg: arg.to_owned(),
+    };
     let (target, value) = arg.split_once('=').ok_or_else(syntax)?;
     let (node, param) = target.trim().split_once('.').ok_or_else(syntax)?;
     if node.is_empty() || param.is_empty() {
@@ -87,7 +89,11 @@ impl Assignment {
     /// Parses `node.param=value`.
     pub fn parse(arg: &str) -> Result<Self, OverrideError> {
         let (node, param, value) = split_target(arg)?;
-        Ok(Assignment { node, param, value: value.to_owned() })
+        Ok(Assignment {
+            node,
+            param,
+            value: value.to_owned(),
+        })
     }
 
     /// How the assignment reads on the command line.
@@ -112,7 +118,11 @@ impl Sweep {
     pub fn parse(arg: &str) -> Result<Self, OverrideError> {
         let (node, param, values) = split_target(arg)?;
         let values: Vec<String> = values.split(',').map(str::to_owned).collect();
-        Ok(Sweep { node, param, values })
+        Ok(Sweep {
+            node,
+            param,
+            values,
+        })
     }
 
     /// Every combination of the sweeps' values (the first sweep varies slowest), as assignments.
@@ -151,7 +161,11 @@ impl Workflow {
         let Some(entry) = self.file.nodes.get_mut(&assignment.node) else {
             let ids = self.file.nodes.0.iter().map(|(id, _)| id.as_str());
             let suggestion = nearest(&assignment.node, ids).map(str::to_owned);
-            return Err(OverrideError::UnknownNode { arg, node: assignment.node.clone(), suggestion });
+            return Err(OverrideError::UnknownNode {
+                arg,
+                node: assignment.node.clone(),
+                suggestion,
+            });
         };
         let Some(registered) = registry.get(&entry.node_type) else {
             return Err(OverrideError::UnknownType {
@@ -162,8 +176,11 @@ impl Workflow {
         };
         let schema = &registered.schema;
         let Some(spec) = schema.param_spec(&assignment.param) else {
-            let suggestion =
-                nearest(&assignment.param, schema.params.iter().map(|p| p.name.as_str())).map(str::to_owned);
+            let suggestion = nearest(
+                &assignment.param,
+                schema.params.iter().map(|p| p.name.as_str()),
+            )
+            .map(str::to_owned);
             return Err(OverrideError::UnknownParam {
                 arg,
                 node: assignment.node.clone(),
@@ -172,12 +189,14 @@ impl Workflow {
                 suggestion,
             });
         };
-        let value = spec.parse_arg(&assignment.value).map_err(|problem| OverrideError::BadValue {
-            arg,
-            node: assignment.node.clone(),
-            param: assignment.param.clone(),
-            problem: Box::new(problem),
-        })?;
+        let value =
+            spec.parse_arg(&assignment.value)
+                .map_err(|problem| OverrideError::BadValue {
+                    arg,
+                    node: assignment.node.clone(),
+                    param: assignment.param.clone(),
+                    problem: Box::new(problem),
+                })?;
         entry.params.remove(&assignment.param);
         entry.params.set(&assignment.param, value);
         entry.inputs.remove(&assignment.param);

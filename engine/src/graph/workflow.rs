@@ -100,7 +100,13 @@ impl<V> OrderedMap<V> {
 
     /// The entries in order, with how many times each key was seen before (0 for the first).
     pub fn iter_with_occurrence(&self) -> impl Iterator<Item = (&str, &V, usize)> {
-        self.0.iter().enumerate().map(|(i, (k, v))| (k.as_str(), v, self.0[..i].iter().filter(|(p, _)| p == k).count()))
+        self.0.iter().enumerate().map(|(i, (k, v))| {
+            (
+                k.as_str(),
+                v,
+                self.0[..i].iter().filter(|(p, _)| p == k).count(),
+            )
+        })
     }
 }
 
@@ -150,14 +156,18 @@ impl<'a> LinkRef<'a> {
             Some((node, output)) => (node, Some(output)),
             None => (text, None),
         };
-        let output_ok = output.is_none_or(|o| !o.is_empty() && !o.contains('.') && !o.contains(char::is_whitespace));
+        let output_ok = output
+            .is_none_or(|o| !o.is_empty() && !o.contains('.') && !o.contains(char::is_whitespace));
         (is_valid_node_id(node) && output_ok).then_some(LinkRef { node, output })
     }
 }
 
 /// Node ids: non-empty, letters, digits, `_` and `-` (a dot would make links ambiguous).
 pub fn is_valid_node_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A parsed workflow: the DTO plus what is needed to point messages at its source.
@@ -172,7 +182,10 @@ pub struct Workflow {
 
 impl fmt::Debug for Workflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Workflow").field("path", &self.path).field("file", &self.file).finish_non_exhaustive()
+        f.debug_struct("Workflow")
+            .field("path", &self.path)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,7 +215,10 @@ impl Workflow {
     pub fn parse(source: &str, path: Option<&Path>) -> Result<Self, ValidationReport> {
         let path = path.map(Path::to_owned);
         let file: WorkflowFile = ron_options().from_str(source).map_err(|e| {
-            let pos = Pos { line: e.span.start.line.max(1), col: e.span.start.col.max(1) };
+            let pos = Pos {
+                line: e.span.start.line.max(1),
+                col: e.span.start.col.max(1),
+            };
             let diagnostic = Diagnostic {
                 file: path.clone(),
                 pos: Some(pos),
@@ -211,32 +227,49 @@ impl Workflow {
             };
             ValidationReport::new(vec![diagnostic])
         })?;
-        let workflow = Workflow { path, file, locator: std::sync::Arc::new(Locator::new(source)) };
+        let workflow = Workflow {
+            path,
+            file,
+            locator: std::sync::Arc::new(Locator::new(source)),
+        };
         if workflow.file.version != FORMAT_VERSION {
             let pos = workflow.value_pos(&["version"], 0);
-            let problem = Problem::Version { found: workflow.file.version, supported: FORMAT_VERSION };
-            return Err(ValidationReport::new(vec![workflow.diagnostic(pos, None, problem)]));
+            let problem = Problem::Version {
+                found: workflow.file.version,
+                supported: FORMAT_VERSION,
+            };
+            return Err(ValidationReport::new(vec![
+                workflow.diagnostic(pos, None, problem),
+            ]));
         }
         Ok(workflow)
     }
 
     /// Reads and parses a workflow file.
     pub fn load(path: &Path) -> Result<Self, WorkflowError> {
-        let source =
-            std::fs::read_to_string(path).map_err(|source| WorkflowError::Io { path: path.to_owned(), source })?;
+        let source = std::fs::read_to_string(path).map_err(|source| WorkflowError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Self::parse(&source, Some(path))?)
     }
 
     /// A workflow built in code (no source text: messages carry no positions).
     pub fn from_file(file: WorkflowFile) -> Self {
-        Workflow { path: None, file, locator: std::sync::Arc::new(Locator::new("")) }
+        Workflow {
+            path: None,
+            file,
+            locator: std::sync::Arc::new(Locator::new("")),
+        }
     }
 
     /// The workflow as RON text, in the canonical layout.
     pub fn to_ron(&self) -> String {
         let config = ron::ser::PrettyConfig::new().struct_names(true);
         // Serializing plain strings, numbers and maps cannot fail.
-        ron_options().to_string_pretty(&self.file, config).unwrap_or_default()
+        ron_options()
+            .to_string_pretty(&self.file, config)
+            .unwrap_or_default()
     }
 
     /// Where the key at `path` starts (its `nth` occurrence).
@@ -249,7 +282,17 @@ impl Workflow {
         self.locator.find_nth(path, nth).map(|(_, value)| value)
     }
 
-    pub(crate) fn diagnostic(&self, pos: Option<Pos>, node: Option<&str>, problem: Problem) -> Diagnostic {
-        Diagnostic { file: self.path.clone(), pos, node: node.map(str::to_owned), problem }
+    pub(crate) fn diagnostic(
+        &self,
+        pos: Option<Pos>,
+        node: Option<&str>,
+        problem: Problem,
+    ) -> Diagnostic {
+        Diagnostic {
+            file: self.path.clone(),
+            pos,
+            node: node.map(str::to_owned),
+            problem,
+        }
     }
 }

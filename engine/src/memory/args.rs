@@ -27,7 +27,9 @@ impl MemoryArgs {
         let mut policy = MemoryPolicy::default();
         if let Some(gib) = self.reserve_vram {
             if !gib.is_finite() || gib < 0.0 {
-                return Err(format!("--reserve-vram {gib}: expected a size in GiB, 0 or more"));
+                return Err(format!(
+                    "--reserve-vram {gib}: expected a size in GiB, 0 or more"
+                ));
             }
             policy.reserve_bytes = (gib * (1u64 << 30) as f64) as u64;
         }
@@ -53,7 +55,8 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<MemoryPolicy, String> {
-        let cli = Cli::try_parse_from(std::iter::once("weft").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        let cli = Cli::try_parse_from(std::iter::once("weft").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
         cli.memory.policy()
     }
 
@@ -68,7 +71,11 @@ mod tests {
 
     #[test]
     fn bad_values_and_conflicting_modes_are_refused() {
-        assert!(parse(&["--reserve-vram=-1"]).unwrap_err().contains("--reserve-vram -1"));
+        assert!(
+            parse(&["--reserve-vram=-1"])
+                .unwrap_err()
+                .contains("--reserve-vram -1")
+        );
         assert!(parse(&["--reserve-vram", "NaN"]).is_err());
         assert!(parse(&["--gpu-only", "--lowvram"]).is_err());
     }

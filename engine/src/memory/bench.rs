@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 use super::proc;
-use crate::patcher::{LoadOptions, LoraKeyMap, ModelPatcher, PatchError, WeightDevice, lora_patches};
+use crate::patcher::{
+    LoadOptions, LoraKeyMap, ModelPatcher, PatchError, WeightDevice, lora_patches,
+};
 use crate::weights::{MmapCache, WeightSource};
 use burn::tensor::backend::Backend;
 use std::path::Path;
@@ -57,7 +59,10 @@ pub fn offload_cycles<B: Backend>(
     options: LoadOptions,
     cache: &MmapCache,
 ) -> Result<OffloadBench, PatchError> {
-    let mut bench = OffloadBench { file_bytes: 0, cycles: Vec::with_capacity(cycles) };
+    let mut bench = OffloadBench {
+        file_bytes: 0,
+        cycles: Vec::with_capacity(cycles),
+    };
     for cycle in 1..=cycles {
         let source = Arc::new(WeightSource::open_in(cache, path)?);
         let identity = source.mapping().identity();
@@ -77,7 +82,10 @@ pub fn offload_cycles<B: Backend>(
         let weights_match_file = if verify {
             let mismatched = patcher.verify()?;
             if let Some(first) = mismatched.first() {
-                tracing::warn!("cycle {cycle}: {} weights differ from the file, first {first:?}", mismatched.len());
+                tracing::warn!(
+                    "cycle {cycle}: {} weights differ from the file, first {first:?}",
+                    mismatched.len()
+                );
             }
             Some(mismatched.is_empty())
         } else {

@@ -20,7 +20,9 @@ pub use args::MemoryArgs;
 pub use bench::{OffloadBench, OffloadCycle, offload_cycles};
 
 use crate::node::Services;
-use crate::patcher::{LoadReport, ModelCore, ModelPatcher, OffloadReport, PatchError, WeightDevice};
+use crate::patcher::{
+    LoadReport, ModelCore, ModelPatcher, OffloadReport, PatchError, WeightDevice,
+};
 use crate::weights::cache::human_bytes;
 use burn::tensor::backend::Backend;
 use std::path::PathBuf;
@@ -57,7 +59,11 @@ pub struct MemoryPolicy {
 
 impl Default for MemoryPolicy {
     fn default() -> Self {
-        MemoryPolicy { mode: MemoryMode::Normal, reserve_bytes: 1 << 30, capacity: None }
+        MemoryPolicy {
+            mode: MemoryMode::Normal,
+            reserve_bytes: 1 << 30,
+            capacity: None,
+        }
     }
 }
 
@@ -109,7 +115,14 @@ pub struct MemoryManager<B: Backend> {
 impl<B: Backend> MemoryManager<B> {
     /// A manager for `device` (the one its models load to) under `policy`.
     pub fn new(device: Arc<dyn WeightDevice<B>>, policy: MemoryPolicy) -> Self {
-        MemoryManager { device, policy, state: Mutex::new(ManagerState { models: Vec::new(), tick: 0 }) }
+        MemoryManager {
+            device,
+            policy,
+            state: Mutex::new(ManagerState {
+                models: Vec::new(),
+                tick: 0,
+            }),
+        }
     }
 
     /// The run's manager, if the CLI (or a test) put one in the services.
@@ -129,7 +142,9 @@ impl<B: Backend> MemoryManager<B> {
 
     fn lock(&self) -> MutexGuard<'_, ManagerState<B>> {
         // The state is a list of weak references and counters; no update leaves it inconsistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Free device bytes: the configured capacity less what the managed models hold, or what the
@@ -138,11 +153,19 @@ impl<B: Backend> MemoryManager<B> {
     fn free_bytes(&self, state: &ManagerState<B>) -> Option<u64> {
         match self.policy.capacity {
             Some(capacity) => {
-                let held: u64 = state.models.iter().filter_map(|t| t.model.upgrade()).map(|m| m.device_bytes()).sum();
+                let held: u64 = state
+                    .models
+                    .iter()
+                    .filter_map(|t| t.model.upgrade())
+                    .map(|m| m.device_bytes())
+                    .sum();
                 Some(capacity.saturating_sub(held))
             }
             None => {
-                let pooled = self.device.usage().map_or(0, |u| u.bytes_reserved.saturating_sub(u.bytes_in_use));
+                let pooled = self
+                    .device
+                    .usage()
+                    .map_or(0, |u| u.bytes_reserved.saturating_sub(u.bytes_in_use));
                 self.device.capacity().map(|c| c.free + pooled)
             }
         }
@@ -167,9 +190,16 @@ impl<B: Backend> MemoryManager<B> {
             reports.push(model.load(budget)?);
             state.tick += 1;
             let tick = state.tick;
-            match state.models.iter_mut().find(|t| t.model.upgrade().is_some_and(|m| m.id() == model.model_id())) {
+            match state.models.iter_mut().find(|t| {
+                t.model
+                    .upgrade()
+                    .is_some_and(|m| m.id() == model.model_id())
+            }) {
                 Some(tracked) => tracked.last_used = tick,
-                None => state.models.push(Tracked { model: Arc::downgrade(model.core()), last_used: tick }),
+                None => state.models.push(Tracked {
+                    model: Arc::downgrade(model.core()),
+                    last_used: tick,
+                }),
             }
         }
         Ok(reports)
@@ -177,17 +207,28 @@ impl<B: Backend> MemoryManager<B> {
 
     /// The budget for loading `model`: `None` (all of it) when it fits after offloading others,
     /// else what is left.
-    fn make_room(&self, state: &ManagerState<B>, model: &ModelPatcher<B>, requested: &[u64]) -> Result<Option<u64>, MemoryError> {
+    fn make_room(
+        &self,
+        state: &ManagerState<B>,
+        model: &ModelPatcher<B>,
+        requested: &[u64],
+    ) -> Result<Option<u64>, MemoryError> {
         let have = model.device_bytes();
         let extra = model.full_bytes().saturating_sub(have);
         loop {
-            let Some(free) = self.free_bytes(state) else { return Ok(None) };
+            let Some(free) = self.free_bytes(state) else {
+                return Ok(None);
+            };
             let available = free.saturating_sub(self.policy.reserve_bytes);
             if available >= extra {
                 return Ok(None);
             }
             if self.policy.mode == MemoryMode::GpuOnly {
-                return Err(MemoryError::DoesNotFit { path: model.source().path().to_owned(), needed: extra, available });
+                return Err(MemoryError::DoesNotFit {
+                    path: model.source().path().to_owned(),
+                    needed: extra,
+                    available,
+                });
             }
             if self.evict(state, requested, extra - available) == 0 {
                 tracing::info!(
@@ -217,7 +258,11 @@ impl<B: Backend> MemoryManager<B> {
                 break;
             }
             let report = victim.offload(bytes - freed);
-            tracing::info!("memory: offloaded {} of {} to make room", human_bytes(report.bytes), victim.path().display());
+            tracing::info!(
+                "memory: offloaded {} of {} to make room",
+                human_bytes(report.bytes),
+                victim.path().display()
+            );
             freed += report.bytes;
         }
         freed
@@ -232,7 +277,11 @@ impl<B: Backend> MemoryManager<B> {
     /// `release_vae`): the device copy goes now rather than when the LRU gets to it.
     pub fn release(&self, model: &ModelPatcher<B>) -> OffloadReport {
         let report = model.offload();
-        self.lock().models.retain(|t| t.model.upgrade().is_some_and(|m| m.id() != model.model_id()));
+        self.lock().models.retain(|t| {
+            t.model
+                .upgrade()
+                .is_some_and(|m| m.id() != model.model_id())
+        });
         report
     }
 
@@ -254,7 +303,17 @@ impl<B: Backend> MemoryManager<B> {
         let mut models: Vec<(u64, LoadedModel)> = state
             .models
             .iter()
-            .filter_map(|t| t.model.upgrade().map(|m| (t.last_used, LoadedModel { path: m.path().to_owned(), device_bytes: m.device_bytes() })))
+            .filter_map(|t| {
+                t.model.upgrade().map(|m| {
+                    (
+                        t.last_used,
+                        LoadedModel {
+                            path: m.path().to_owned(),
+                            device_bytes: m.device_bytes(),
+                        },
+                    )
+                })
+            })
             .collect();
         models.sort_by_key(|(last_used, _)| *last_used);
         models.into_iter().map(|(_, m)| m).collect()

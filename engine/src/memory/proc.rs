@@ -23,10 +23,18 @@ pub fn resident_memory() -> Option<ResidentMemory> {
 fn parse_status(status: &str) -> Option<ResidentMemory> {
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kib * 1024)
     };
-    Some(ResidentMemory { anon: field("RssAnon:")?, file: field("RssFile:")? })
+    Some(ResidentMemory {
+        anon: field("RssAnon:")?,
+        file: field("RssFile:")?,
+    })
 }
 
 /// How many separate mappings of the file `identity` this process has (from /proc/self/maps).
@@ -44,26 +52,40 @@ fn count_mappings(maps: &str, identity: &FileIdentity) -> usize {
     let mut previous: Option<(u64, u64)> = None;
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(offset), Some(dev), Some(inode)) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(range), Some(_perms), Some(offset), Some(dev), Some(inode)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             continue;
         };
         let parsed = (|| {
             let (start, end) = range.split_once('-')?;
-            let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+            let (start, end) = (
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            );
             let offset = u64::from_str_radix(offset, 16).ok()?;
             let (maj, min) = dev.split_once(':')?;
-            let dev = (u64::from_str_radix(maj, 16).ok()?, u64::from_str_radix(min, 16).ok()?);
+            let dev = (
+                u64::from_str_radix(maj, 16).ok()?,
+                u64::from_str_radix(min, 16).ok()?,
+            );
             let inode: u64 = inode.parse().ok()?;
             Some((start, end, offset, dev, inode))
         })();
-        let Some((start, end, offset, dev, inode)) = parsed else { continue };
+        let Some((start, end, offset, dev, inode)) = parsed else {
+            continue;
+        };
         if inode != identity.ino || dev != (major, minor) {
             previous = None;
             continue;
         }
-        let continues = previous.is_some_and(|(prev_end, prev_offset_end)| prev_end == start && prev_offset_end == offset);
+        let continues = previous.is_some_and(|(prev_end, prev_offset_end)| {
+            prev_end == start && prev_offset_end == offset
+        });
         if !continues {
             count += 1;
         }
@@ -84,9 +106,20 @@ pub(crate) fn host_capacity() -> Option<DeviceCapacity> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = meminfo.lines().find(|l| l.starts_with(name))?;
-        Some(line[name.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+        Some(
+            line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?
+                * 1024,
+        )
     };
-    Some(DeviceCapacity { free: field("MemAvailable:")?, total: field("MemTotal:")? })
+    Some(DeviceCapacity {
+        free: field("MemAvailable:")?,
+        total: field("MemTotal:")?,
+    })
 }
 
 #[cfg(test)]
@@ -96,13 +129,24 @@ mod tests {
     #[test]
     fn status_fields_are_read_in_bytes() {
         let status = "Name:\tweft\nRssAnon:\t    1024 kB\nRssFile:\t      16 kB\nRssShmem:\t0 kB\n";
-        assert_eq!(parse_status(status), Some(ResidentMemory { anon: 1 << 20, file: 16 << 10 }));
+        assert_eq!(
+            parse_status(status),
+            Some(ResidentMemory {
+                anon: 1 << 20,
+                file: 16 << 10
+            })
+        );
         assert_eq!(parse_status("Name: x\n"), None);
     }
 
     #[test]
     fn split_areas_of_one_mapping_count_once_and_other_files_not_at_all() {
-        let identity = FileIdentity { dev: (8 << 8) | 1, ino: 42, size: 0, mtime_ns: 0 };
+        let identity = FileIdentity {
+            dev: (8 << 8) | 1,
+            ino: 42,
+            size: 0,
+            mtime_ns: 0,
+        };
         let maps = "\
 7f0000000000-7f0000100000 r--s 00000000 08:01 42   /m.gguf
 7f0000100000-7f0000200000 r--s 00100000 08:01 42   /m.gguf

@@ -26,7 +26,10 @@ pub struct RunEnv {
 impl RunEnv {
     /// An environment that writes to `output_dir` and resolves relative paths against the current folder.
     pub fn new(output_dir: impl Into<PathBuf>) -> Self {
-        RunEnv { output_dir: output_dir.into(), ..RunEnv::default() }
+        RunEnv {
+            output_dir: output_dir.into(),
+            ..RunEnv::default()
+        }
     }
 }
 
@@ -45,7 +48,9 @@ impl Services {
 
     /// The service of type `T`, if one was added.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.by_type.get(&TypeId::of::<T>()).and_then(|s| s.clone().downcast().ok())
+        self.by_type
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.clone().downcast().ok())
     }
 }
 
@@ -70,7 +75,13 @@ impl<'a, B: Backend> NodeContext<'a, B> {
     /// A context for node `node_id` with no event sink and a token nobody cancels: what the executor
     /// refines, and what node crates use to unit-test a node.
     pub fn new(node_id: &'a str, device: &'a B::Device, env: &'a RunEnv) -> Self {
-        NodeContext { node_id, device, env, events: &NO_EVENTS, cancel: CancelToken::new() }
+        NodeContext {
+            node_id,
+            device,
+            env,
+            events: &NO_EVENTS,
+            cancel: CancelToken::new(),
+        }
     }
 
     /// Sends this node's progress events to `events`.
@@ -108,7 +119,11 @@ impl<'a, B: Backend> NodeContext<'a, B> {
     /// `path` resolved against the workflow's folder when relative.
     pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
-        if path.is_absolute() { path.to_owned() } else { self.env.base_dir.join(path) }
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.env.base_dir.join(path)
+        }
     }
 
     /// Finds a model file the way ComfyUI does: `name` as a path (absolute, or relative to the
@@ -130,15 +145,24 @@ impl<'a, B: Backend> NodeContext<'a, B> {
             }
         }
         let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-        let hint = if self.env.models_dirs.is_empty() { " (no models folder set: use --models-dir DIR or WEFT_MODELS_DIR)" } else { "" };
-        Err(NodeError::msg(format!("model file {name:?} not found; looked for {}{hint}", tried.join(", "))))
+        let hint = if self.env.models_dirs.is_empty() {
+            " (no models folder set: use --models-dir DIR or WEFT_MODELS_DIR)"
+        } else {
+            ""
+        };
+        Err(NodeError::msg(format!(
+            "model file {name:?} not found; looked for {}{hint}",
+            tried.join(", ")
+        )))
     }
 
     /// `relative` inside the output folder; refuses absolute paths and `..` so that a workflow can
     /// write nowhere else.
     pub fn output_path(&self, relative: &str) -> Result<PathBuf, NodeError> {
         let path = Path::new(relative);
-        let escapes = path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        let escapes = path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
         if escapes || relative.is_empty() {
             return Err(NodeError::msg(format!(
                 "output path {relative:?} must be relative and stay inside the output folder"
@@ -149,12 +173,19 @@ impl<'a, B: Backend> NodeContext<'a, B> {
 
     /// Reports progress: `step` of `total` done (shown as a progress bar).
     pub fn progress(&self, step: u64, total: u64) {
-        self.events.event(&Event::Progress { node_id: self.node_id.to_owned(), step, total });
+        self.events.event(&Event::Progress {
+            node_id: self.node_id.to_owned(),
+            step,
+            total,
+        });
     }
 
     /// Tells the user a file was written (the CLI lists them after the run).
     pub fn report_file(&self, path: &Path) {
-        self.events.event(&Event::FileWritten { node_id: self.node_id.to_owned(), path: path.to_owned() });
+        self.events.event(&Event::FileWritten {
+            node_id: self.node_id.to_owned(),
+            path: path.to_owned(),
+        });
     }
 
     /// Whether the user asked to stop.
@@ -165,7 +196,11 @@ impl<'a, B: Backend> NodeContext<'a, B> {
     /// `Err(NodeError::Cancelled)` when the user asked to stop: call it between steps, before
     /// anything is half-written.
     pub fn check_cancelled(&self) -> Result<(), NodeError> {
-        if self.cancel.is_cancelled() { Err(NodeError::Cancelled) } else { Ok(()) }
+        if self.cancel.is_cancelled() {
+            Err(NodeError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -191,7 +226,11 @@ impl Fingerprint {
     /// Adds a file's identity: path, size and modification time (what ComfyUI's loaders compare).
     pub fn file(self, path: &Path) -> Result<Self, NodeError> {
         let meta = std::fs::metadata(path).map_err(|e| NodeError::io(path, e))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos());
         Ok(self.with(path).with(meta.len()).with(mtime))
     }
 }

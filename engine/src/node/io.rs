@@ -57,7 +57,10 @@ impl<B: Backend> Inputs<B> {
 
     /// The value of port `name`, or an error naming the port.
     pub fn value(&self, name: &str) -> Result<&Value<B>, NodeError> {
-        self.get(name).ok_or_else(|| NodeError::Input { port: name.to_owned(), reason: "not linked".to_owned() })
+        self.get(name).ok_or_else(|| NodeError::Input {
+            port: name.to_owned(),
+            reason: "not linked".to_owned(),
+        })
     }
 
     typed_accessor!(
@@ -90,9 +93,17 @@ impl<B: Backend> Inputs<B> {
         match self.value(port)? {
             Value::Object(o) => o.downcast_arc::<T>().ok_or_else(|| NodeError::Input {
                 port: port.to_owned(),
-                reason: format!("the {} value does not hold a {}", o.port_type(), std::any::type_name::<T>()),
+                reason: format!(
+                    "the {} value does not hold a {}",
+                    o.port_type(),
+                    std::any::type_name::<T>()
+                ),
             }),
-            other => Err(NodeError::wrong_input(port, std::any::type_name::<T>(), other)),
+            other => Err(NodeError::wrong_input(
+                port,
+                std::any::type_name::<T>(),
+                other,
+            )),
         }
     }
 }
@@ -116,7 +127,9 @@ impl<B: Backend> Outputs<B> {
 
     /// A single output.
     pub fn one(value: Value<B>) -> Self {
-        Outputs { values: vec![value] }
+        Outputs {
+            values: vec![value],
+        }
     }
 
     /// Appends the next output.

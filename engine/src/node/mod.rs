@@ -95,13 +95,22 @@ pub trait Node<B: Backend>: Send + Sync + 'static {
 
     /// The outside state the node's result depends on (for a loader: its file's size and mtime).
     /// Part of the cache key; the default says "nothing".
-    fn fingerprint(&self, _params: &Self::Params, _ctx: &NodeContext<'_, B>) -> Result<Fingerprint, NodeError> {
+    fn fingerprint(
+        &self,
+        _params: &Self::Params,
+        _ctx: &NodeContext<'_, B>,
+    ) -> Result<Fingerprint, NodeError> {
         Ok(Fingerprint::none())
     }
 
     /// Computes the outputs. Long loops should call [`NodeContext::check_cancelled`] and
     /// [`NodeContext::progress`] once per step.
-    fn run(&self, params: Self::Params, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError>;
+    fn run(
+        &self,
+        params: Self::Params,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError>;
 }
 
 /// The `Params` of a node without parameters.
@@ -151,7 +160,10 @@ impl NodeError {
 
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        NodeError::Io { path: path.to_owned(), source }
+        NodeError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     /// Wraps a library's error.
@@ -160,6 +172,9 @@ impl NodeError {
     }
 
     pub(crate) fn wrong_input<B: Backend>(port: &str, expected: &str, found: &Value<B>) -> Self {
-        NodeError::Input { port: port.to_owned(), reason: format!("expected {expected}, found {}", found.port_type()) }
+        NodeError::Input {
+            port: port.to_owned(),
+            reason: format!("expected {expected}, found {}", found.port_type()),
+        }
     }
 }

@@ -37,7 +37,9 @@ impl ParamValue {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             ParamValue::Int(v) => serde_json::Value::from(*v),
-            ParamValue::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
+            ParamValue::Float(v) => {
+                serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into)
+            }
             ParamValue::String(v) => serde_json::Value::from(v.as_str()),
             ParamValue::Boolean(v) => serde_json::Value::from(*v),
         }
@@ -172,17 +174,34 @@ pub enum ParamProblem {
 
 impl ParamSpec {
     fn new(name: &str, kind: ParamKind) -> Self {
-        ParamSpec { name: name.to_owned(), kind, default: None, description: String::new() }
+        ParamSpec {
+            name: name.to_owned(),
+            kind,
+            default: None,
+            description: String::new(),
+        }
     }
 
     /// An integer over the whole `i64` range; narrow it with [`ParamSpec::range`].
     pub fn int(name: &str) -> Self {
-        Self::new(name, ParamKind::Int { min: i64::MIN, max: i64::MAX })
+        Self::new(
+            name,
+            ParamKind::Int {
+                min: i64::MIN,
+                max: i64::MAX,
+            },
+        )
     }
 
     /// A float over all finite values; narrow it with [`ParamSpec::range_f`].
     pub fn float(name: &str) -> Self {
-        Self::new(name, ParamKind::Float { min: f64::MIN, max: f64::MAX })
+        Self::new(
+            name,
+            ParamKind::Float {
+                min: f64::MIN,
+                max: f64::MAX,
+            },
+        )
     }
 
     /// A single-line string.
@@ -202,7 +221,12 @@ impl ParamSpec {
 
     /// One of `choices`.
     pub fn choice(name: &str, choices: &[&str]) -> Self {
-        Self::new(name, ParamKind::Choice { choices: choices.iter().map(|c| (*c).to_owned()).collect() })
+        Self::new(
+            name,
+            ParamKind::Choice {
+                choices: choices.iter().map(|c| (*c).to_owned()).collect(),
+            },
+        )
     }
 
     /// Sets the default value.
@@ -247,7 +271,12 @@ impl ParamSpec {
     /// Checks `value` against the spec and returns it normalized (an integer given to a float
     /// parameter becomes a float).
     pub fn check(&self, value: &ParamValue) -> Result<ParamValue, ParamProblem> {
-        let wrong = |expected| Err(ParamProblem::WrongKind { expected, found: value.kind_name().to_owned() });
+        let wrong = |expected| {
+            Err(ParamProblem::WrongKind {
+                expected,
+                found: value.kind_name().to_owned(),
+            })
+        };
         match (&self.kind, value) {
             (ParamKind::Int { min, max }, ParamValue::Int(v)) => {
                 if v < min || v > max {
@@ -260,7 +289,9 @@ impl ParamSpec {
                 Ok(value.clone())
             }
             (ParamKind::Int { .. }, _) => wrong("an integer"),
-            (ParamKind::Float { min, max }, ParamValue::Int(v)) => check_float(*v as f64, *min, *max),
+            (ParamKind::Float { min, max }, ParamValue::Int(v)) => {
+                check_float(*v as f64, *min, *max)
+            }
             (ParamKind::Float { min, max }, ParamValue::Float(v)) => check_float(*v, *min, *max),
             (ParamKind::Float { .. }, _) => wrong("a float"),
             (ParamKind::String { .. }, ParamValue::String(_)) => Ok(value.clone()),
@@ -271,7 +302,10 @@ impl ParamSpec {
                 if choices.iter().any(|c| c == s) {
                     Ok(value.clone())
                 } else {
-                    Err(ParamProblem::NotAChoice { value: s.clone(), choices: choices.clone() })
+                    Err(ParamProblem::NotAChoice {
+                        value: s.clone(),
+                        choices: choices.clone(),
+                    })
                 }
             }
             (ParamKind::Choice { .. }, _) => wrong("a string (one of the choices)"),
@@ -280,12 +314,23 @@ impl ParamSpec {
 
     /// Parses a command-line value (`--set node.param=VALUE`) by this spec's kind, then checks it.
     pub fn parse_arg(&self, text: &str) -> Result<ParamValue, ParamProblem> {
-        let wrong = |expected| ParamProblem::WrongKind { expected, found: format!("{text:?}") };
+        let wrong = |expected| ParamProblem::WrongKind {
+            expected,
+            found: format!("{text:?}"),
+        };
         let value = match &self.kind {
-            ParamKind::Int { .. } => ParamValue::Int(text.trim().parse().map_err(|_| wrong("an integer"))?),
-            ParamKind::Float { .. } => ParamValue::Float(text.trim().parse().map_err(|_| wrong("a float"))?),
-            ParamKind::Boolean => ParamValue::Boolean(text.trim().parse().map_err(|_| wrong("true or false"))?),
-            ParamKind::String { .. } | ParamKind::Choice { .. } => ParamValue::String(text.to_owned()),
+            ParamKind::Int { .. } => {
+                ParamValue::Int(text.trim().parse().map_err(|_| wrong("an integer"))?)
+            }
+            ParamKind::Float { .. } => {
+                ParamValue::Float(text.trim().parse().map_err(|_| wrong("a float"))?)
+            }
+            ParamKind::Boolean => {
+                ParamValue::Boolean(text.trim().parse().map_err(|_| wrong("true or false"))?)
+            }
+            ParamKind::String { .. } | ParamKind::Choice { .. } => {
+                ParamValue::String(text.to_owned())
+            }
         };
         self.check(&value)
     }
@@ -301,7 +346,9 @@ impl ParamSpec {
             ParamKind::Float { min, max } => ParamValue::Float(0f64.clamp(*min, *max)),
             ParamKind::String { .. } => ParamValue::String(String::new()),
             ParamKind::Boolean => ParamValue::Boolean(false),
-            ParamKind::Choice { choices } => ParamValue::String(choices.first().cloned().unwrap_or_default()),
+            ParamKind::Choice { choices } => {
+                ParamValue::String(choices.first().cloned().unwrap_or_default())
+            }
         }
     }
 }
@@ -356,21 +403,53 @@ mod tests {
     fn integers_widen_to_floats_and_ranges_hold() {
         let spec = ParamSpec::float("cfg").range_f(0.0, 30.0);
         assert_eq!(spec.check(&ParamValue::Int(7)), Ok(ParamValue::Float(7.0)));
-        assert!(matches!(spec.check(&ParamValue::Float(f64::NAN)), Err(ParamProblem::OutOfRange { .. })));
-        assert!(matches!(spec.check(&ParamValue::Float(30.5)), Err(ParamProblem::OutOfRange { .. })));
+        assert!(matches!(
+            spec.check(&ParamValue::Float(f64::NAN)),
+            Err(ParamProblem::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            spec.check(&ParamValue::Float(30.5)),
+            Err(ParamProblem::OutOfRange { .. })
+        ));
         let steps = ParamSpec::int("steps").range(1, 10000);
-        assert_eq!(steps.check(&ParamValue::Float(20.0)).unwrap_err().to_string(), "expected an integer, found a float");
+        assert_eq!(
+            steps
+                .check(&ParamValue::Float(20.0))
+                .unwrap_err()
+                .to_string(),
+            "expected an integer, found a float"
+        );
     }
 
     #[test]
     fn command_line_values_parse_by_kind() {
-        assert_eq!(ParamSpec::int("seed").parse_arg(" 42 "), Ok(ParamValue::Int(42)));
-        assert_eq!(ParamSpec::float("cfg").parse_arg("3.5"), Ok(ParamValue::Float(3.5)));
-        assert_eq!(ParamSpec::boolean("b").parse_arg("true"), Ok(ParamValue::Boolean(true)));
-        assert_eq!(ParamSpec::string("s").parse_arg(" keep spaces "), Ok(ParamValue::String(" keep spaces ".into())));
-        let err = ParamSpec::choice("mode", &["a", "b"]).parse_arg("c").unwrap_err();
+        assert_eq!(
+            ParamSpec::int("seed").parse_arg(" 42 "),
+            Ok(ParamValue::Int(42))
+        );
+        assert_eq!(
+            ParamSpec::float("cfg").parse_arg("3.5"),
+            Ok(ParamValue::Float(3.5))
+        );
+        assert_eq!(
+            ParamSpec::boolean("b").parse_arg("true"),
+            Ok(ParamValue::Boolean(true))
+        );
+        assert_eq!(
+            ParamSpec::string("s").parse_arg(" keep spaces "),
+            Ok(ParamValue::String(" keep spaces ".into()))
+        );
+        let err = ParamSpec::choice("mode", &["a", "b"])
+            .parse_arg("c")
+            .unwrap_err();
         assert_eq!(err.to_string(), "\"c\" is not one of the choices: a, b");
-        assert_eq!(ParamSpec::int("seed").parse_arg("4x").unwrap_err().to_string(), "expected an integer, found \"4x\"");
+        assert_eq!(
+            ParamSpec::int("seed")
+                .parse_arg("4x")
+                .unwrap_err()
+                .to_string(),
+            "expected an integer, found \"4x\""
+        );
     }
 
     #[test]

@@ -89,13 +89,21 @@ impl NodeSchema {
 
     /// Adds a required input port.
     pub fn input(mut self, name: &str, port_type: PortType) -> Self {
-        self.inputs.push(InputSpec { name: name.to_owned(), port_type, optional: false });
+        self.inputs.push(InputSpec {
+            name: name.to_owned(),
+            port_type,
+            optional: false,
+        });
         self
     }
 
     /// Adds an optional input port.
     pub fn optional_input(mut self, name: &str, port_type: PortType) -> Self {
-        self.inputs.push(InputSpec { name: name.to_owned(), port_type, optional: true });
+        self.inputs.push(InputSpec {
+            name: name.to_owned(),
+            port_type,
+            optional: true,
+        });
         self
     }
 
@@ -107,7 +115,10 @@ impl NodeSchema {
 
     /// Adds an output port.
     pub fn output(mut self, name: &str, port_type: PortType) -> Self {
-        self.outputs.push(OutputSpec { name: name.to_owned(), port_type });
+        self.outputs.push(OutputSpec {
+            name: name.to_owned(),
+            port_type,
+        });
         self
     }
 

@@ -94,7 +94,9 @@ impl<B: Backend> Latent<B> {
 
 impl<B: Backend> Clone for Latent<B> {
     fn clone(&self) -> Self {
-        Latent { samples: self.samples.clone() }
+        Latent {
+            samples: self.samples.clone(),
+        }
     }
 }
 
@@ -106,7 +108,9 @@ pub struct Conditioning<B: Backend> {
 
 impl<B: Backend> Clone for Conditioning<B> {
     fn clone(&self) -> Self {
-        Conditioning { entries: self.entries.clone() }
+        Conditioning {
+            entries: self.entries.clone(),
+        }
     }
 }
 
@@ -122,7 +126,11 @@ pub struct ConditioningEntry<B: Backend> {
 
 impl<B: Backend> Clone for ConditioningEntry<B> {
     fn clone(&self) -> Self {
-        ConditioningEntry { context: self.context.clone(), pooled: self.pooled.clone(), options: self.options.clone() }
+        ConditioningEntry {
+            context: self.context.clone(),
+            pooled: self.pooled.clone(),
+            options: self.options.clone(),
+        }
     }
 }
 
@@ -139,12 +147,20 @@ pub struct Object {
 impl Object {
     /// Wraps `value` as a value of `port_type`.
     pub fn new<T: Any + Send + Sync>(port_type: PortType, value: T) -> Self {
-        Object { port_type, inner: Arc::new(value), release: None }
+        Object {
+            port_type,
+            inner: Arc::new(value),
+            release: None,
+        }
     }
 
     /// Wraps an existing shared handle (keeps one allocation where the value is already shared).
     pub fn from_arc<T: Any + Send + Sync>(port_type: PortType, value: Arc<T>) -> Self {
-        Object { port_type, inner: value, release: None }
+        Object {
+            port_type,
+            inner: value,
+            release: None,
+        }
     }
 
     /// Attaches `release`, which gives back what the value holds on the device (a text encoder's

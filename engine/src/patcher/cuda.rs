@@ -9,7 +9,9 @@
 //!
 //! Direction is the safety argument: `cuMemcpyHtoD` only reads host memory, the registration is
 //! read-only for the device, and the destination is a buffer burn-cuda just allocated.
-use super::device::{DeviceCapacity, DeviceError, DeviceUsage, HostData, WeightDevice, element_count};
+use super::device::{
+    DeviceCapacity, DeviceError, DeviceUsage, HostData, WeightDevice, element_count,
+};
 use crate::weights::{MmapCache, WeightSource};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
@@ -25,7 +27,9 @@ use std::sync::{Arc, Mutex};
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
 
 fn driver(what: &str, result: sys::CUresult) -> Result<(), DeviceError> {
-    result.result().map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))
+    result
+        .result()
+        .map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))
 }
 
 /// A mapping page-locked for the device, read-only; unregistered on drop.
@@ -38,7 +42,11 @@ struct HostRegistration {
 
 impl HostRegistration {
     fn new(context: &Arc<CudaContext>, bytes: &[u8]) -> Self {
-        let mut registration = HostRegistration { context: context.clone(), ptr: bytes.as_ptr() as usize, owned: false };
+        let mut registration = HostRegistration {
+            context: context.clone(),
+            ptr: bytes.as_ptr() as usize,
+            owned: false,
+        };
         if bytes.is_empty() || context.bind_to_thread().is_err() {
             return registration;
         }
@@ -49,11 +57,19 @@ impl HostRegistration {
         // only read it, and the driver does not write to registered memory. The mapping outlives
         // the registration: the cache drops attachments before the mapping, and a temporary
         // registration is dropped at the end of the load that holds the source.
-        let result = unsafe { sys::cuMemHostRegister_v2(bytes.as_ptr() as *mut _, len, sys::CU_MEMHOSTREGISTER_READ_ONLY) };
+        let result = unsafe {
+            sys::cuMemHostRegister_v2(
+                bytes.as_ptr() as *mut _,
+                len,
+                sys::CU_MEMHOSTREGISTER_READ_ONLY,
+            )
+        };
         match result {
             sys::CUresult::CUDA_SUCCESS => registration.owned = true,
             sys::CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED => {}
-            other => tracing::warn!("cuMemHostRegister of a {len}-byte mapping failed ({other:?}); uploading unregistered (slower)"),
+            other => tracing::warn!(
+                "cuMemHostRegister of a {len}-byte mapping failed ({other:?}); uploading unregistered (slower)"
+            ),
         }
         registration
     }
@@ -72,7 +88,10 @@ impl Drop for HostRegistration {
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
 }
 
 /// Weights to a CUDA device through burn-cuda's allocator and the driver's copy.
@@ -93,15 +112,26 @@ impl CudaWeightDevice {
         let fail = |e| DeviceError::Backend(format!("cuda:{index}: {e:?}"));
         let context = CudaContext::new(index).map_err(fail)?;
         let stream = context.new_stream().map_err(fail)?;
-        Ok(CudaWeightDevice { device: CudaDevice { index }, context, stream, cache, temporary: Mutex::new(Vec::new()) })
+        Ok(CudaWeightDevice {
+            device: CudaDevice { index },
+            context,
+            stream,
+            cache,
+            temporary: Mutex::new(Vec::new()),
+        })
     }
 
     /// The device pointer of a contiguous burn-cuda tensor (offset applied).
     fn device_ptr(&self, tensor: &CubeTensor<CudaRuntime>, what: &str) -> Result<u64, DeviceError> {
         if !tensor.is_contiguous() {
-            return Err(DeviceError::Backend(format!("{what}: burn-cuda allocated a non-contiguous buffer")));
+            return Err(DeviceError::Backend(format!(
+                "{what}: burn-cuda allocated a non-contiguous buffer"
+            )));
         }
-        let resource = tensor.client.get_resource(tensor.handle.clone()).map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))?;
+        let resource = tensor
+            .client
+            .get_resource(tensor.handle.clone())
+            .map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))?;
         Ok(resource.resource().ptr)
     }
 
@@ -114,12 +144,16 @@ impl CudaWeightDevice {
         if src.is_empty() {
             return Ok(());
         }
-        self.context.bind_to_thread().map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))?;
+        self.context
+            .bind_to_thread()
+            .map_err(|e| DeviceError::Backend(format!("{what}: {e:?}")))?;
         // SAFETY: `dst` is a live device buffer of at least `src.len()` bytes (allocated by
         // burn-cuda for exactly these elements, and kept alive by the tensor the caller holds
         // until `end_load` has waited for the stream); the copy reads `src` and writes only
         // device memory. A mapped `src` outlives the load (the patcher holds its source).
-        driver(what, unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), self.stream.cu_stream()) })
+        driver(what, unsafe {
+            sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), self.stream.cu_stream())
+        })
     }
 }
 
@@ -135,18 +169,33 @@ impl WeightDevice<CudaBackend> for CudaWeightDevice {
     fn begin_load(&self, source: &WeightSource) -> Result<(), DeviceError> {
         // Buffers the pool hands out may have been freed by tensors whose kernels are still
         // queued on burn-cuda's stream: wait for them before overwriting.
-        CudaBackend::sync(&self.device).map_err(|e| DeviceError::Backend(format!("sync: {e:?}")))?;
+        CudaBackend::sync(&self.device)
+            .map_err(|e| DeviceError::Backend(format!("sync: {e:?}")))?;
         let map = source.mapping();
-        if self.cache.attachment(map, |m| HostRegistration::new(&self.context, m.bytes())).is_none() {
+        if self
+            .cache
+            .attachment(map, |m| HostRegistration::new(&self.context, m.bytes()))
+            .is_none()
+        {
             let registration = HostRegistration::new(&self.context, map.bytes());
-            self.temporary.lock().unwrap_or_else(|p| p.into_inner()).push(registration);
+            self.temporary
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(registration);
         }
         Ok(())
     }
 
-    fn upload_float(&self, data: HostData<'_>, dtype: DType, what: &str) -> Result<Tensor<CudaBackend, 1>, DeviceError> {
+    fn upload_float(
+        &self,
+        data: HostData<'_>,
+        dtype: DType,
+        what: &str,
+    ) -> Result<Tensor<CudaBackend, 1>, DeviceError> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(DeviceError::Backend(format!("{what}: {dtype:?} is not a float type for weights")));
+            return Err(DeviceError::Backend(format!(
+                "{what}: {dtype:?} is not a float type for weights"
+            )));
         }
         let bytes = data.as_bytes();
         let n = element_count(bytes.len(), dtype, what)?;
@@ -156,7 +205,11 @@ impl WeightDevice<CudaBackend> for CudaWeightDevice {
         Ok(tensor)
     }
 
-    fn upload_blocks(&self, bytes: &[u8], what: &str) -> Result<Tensor<CudaBackend, 1, Int>, DeviceError> {
+    fn upload_blocks(
+        &self,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<Tensor<CudaBackend, 1, Int>, DeviceError> {
         let tensor = Tensor::<CudaBackend, 1, Int>::empty([bytes.len()], (&self.device, DType::U8));
         let primitive = tensor.clone().into_primitive();
         self.copy(self.device_ptr(&primitive, what)?, bytes, what)?;
@@ -166,8 +219,14 @@ impl WeightDevice<CudaBackend> for CudaWeightDevice {
     fn end_load(&self) -> Result<(), DeviceError> {
         // Every copy has landed before burn-cuda's stream can read the buffers, and before a
         // temporary registration goes.
-        let result = self.stream.synchronize().map_err(|e| DeviceError::Backend(format!("waiting for the copies: {e:?}")));
-        self.temporary.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let result = self
+            .stream
+            .synchronize()
+            .map_err(|e| DeviceError::Backend(format!("waiting for the copies: {e:?}")));
+        self.temporary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         result
     }
 
@@ -178,15 +237,23 @@ impl WeightDevice<CudaBackend> for CudaWeightDevice {
 
     fn usage(&self) -> Option<DeviceUsage> {
         let usage = CudaRuntime::client(&self.device).memory_usage().ok()?;
-        Some(DeviceUsage { bytes_in_use: usage.bytes_in_use, bytes_reserved: usage.bytes_reserved })
+        Some(DeviceUsage {
+            bytes_in_use: usage.bytes_in_use,
+            bytes_reserved: usage.bytes_reserved,
+        })
     }
 
     fn capacity(&self) -> Option<DeviceCapacity> {
         self.context.bind_to_thread().ok()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: two valid out-pointers.
-        unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }.result().ok()?;
-        Some(DeviceCapacity { free: free as u64, total: total as u64 })
+        unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }
+            .result()
+            .ok()?;
+        Some(DeviceCapacity {
+            free: free as u64,
+            total: total as u64,
+        })
     }
 }
 

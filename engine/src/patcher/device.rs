@@ -34,8 +34,15 @@ pub enum DeviceWeight<B: Backend> {
 impl<B: Backend> Clone for DeviceWeight<B> {
     fn clone(&self) -> Self {
         match self {
-            DeviceWeight::Float { tensor, shape } => DeviceWeight::Float { tensor: tensor.clone(), shape: shape.clone() },
-            DeviceWeight::Blocks { tensor, ty, shape } => DeviceWeight::Blocks { tensor: tensor.clone(), ty: *ty, shape: shape.clone() },
+            DeviceWeight::Float { tensor, shape } => DeviceWeight::Float {
+                tensor: tensor.clone(),
+                shape: shape.clone(),
+            },
+            DeviceWeight::Blocks { tensor, ty, shape } => DeviceWeight::Blocks {
+                tensor: tensor.clone(),
+                ty: *ty,
+                shape: shape.clone(),
+            },
         }
     }
 }
@@ -43,7 +50,9 @@ impl<B: Backend> Clone for DeviceWeight<B> {
 impl<B: Backend> std::fmt::Debug for DeviceWeight<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DeviceWeight::Float { tensor, shape } => write!(f, "Float({:?}, {shape:?})", tensor.dtype()),
+            DeviceWeight::Float { tensor, shape } => {
+                write!(f, "Float({:?}, {shape:?})", tensor.dtype())
+            }
             DeviceWeight::Blocks { ty, shape, .. } => write!(f, "Blocks({ty}, {shape:?})"),
         }
     }
@@ -173,7 +182,12 @@ pub trait WeightDevice<B: Backend>: Send + Sync + 'static {
     }
 
     /// A new float tensor of `dtype` (F32, F16 or BF16) holding `data`.
-    fn upload_float(&self, data: HostData<'_>, dtype: DType, what: &str) -> Result<Tensor<B, 1>, DeviceError>;
+    fn upload_float(
+        &self,
+        data: HostData<'_>,
+        dtype: DType,
+        what: &str,
+    ) -> Result<Tensor<B, 1>, DeviceError>;
 
     /// A new `U8` tensor holding `bytes` (a quantized weight's blocks).
     fn upload_blocks(&self, bytes: &[u8], what: &str) -> Result<Tensor<B, 1, Int>, DeviceError>;
@@ -202,7 +216,12 @@ pub trait WeightDevice<B: Backend>: Send + Sync + 'static {
 pub(crate) fn element_count(bytes: usize, dtype: DType, what: &str) -> Result<usize, DeviceError> {
     let size = dtype.size();
     if size == 0 || !bytes.is_multiple_of(size) {
-        return Err(DeviceError::Size { what: what.to_owned(), bytes, elements: bytes / size.max(1), dtype });
+        return Err(DeviceError::Size {
+            what: what.to_owned(),
+            bytes,
+            elements: bytes / size.max(1),
+            dtype,
+        });
     }
     Ok(bytes / size)
 }
@@ -238,13 +257,19 @@ impl<B: Backend> BurnDevice<B> {
     /// A device whose memory is the host's (burn-flex): release returns freed pages to the OS and
     /// capacity is the host's available memory.
     pub fn host(device: B::Device) -> Self {
-        BurnDevice { device, host_memory: true }
+        BurnDevice {
+            device,
+            host_memory: true,
+        }
     }
 
     /// Any other device, through burn's generic upload path (slow on CUDA: prefer the `cuda`
     /// feature's device there).
     pub fn new(device: B::Device) -> Self {
-        BurnDevice { device, host_memory: false }
+        BurnDevice {
+            device,
+            host_memory: false,
+        }
     }
 }
 
@@ -254,20 +279,42 @@ impl<B: Backend> WeightDevice<B> for BurnDevice<B> {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({})", B::name(&self.device), if self.host_memory { "host memory" } else { "device memory" })
+        format!(
+            "{} ({})",
+            B::name(&self.device),
+            if self.host_memory {
+                "host memory"
+            } else {
+                "device memory"
+            }
+        )
     }
 
-    fn upload_float(&self, data: HostData<'_>, dtype: DType, what: &str) -> Result<Tensor<B, 1>, DeviceError> {
+    fn upload_float(
+        &self,
+        data: HostData<'_>,
+        dtype: DType,
+        what: &str,
+    ) -> Result<Tensor<B, 1>, DeviceError> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(DeviceError::Backend(format!("{what}: {dtype:?} is not a float type for weights")));
+            return Err(DeviceError::Backend(format!(
+                "{what}: {dtype:?} is not a float type for weights"
+            )));
         }
         let n = element_count(data.as_bytes().len(), dtype, what)?;
         let bytes = fresh_bytes(data, dtype);
-        Ok(Tensor::from_data(TensorData::from_bytes(bytes, [n], dtype), (&self.device, dtype)))
+        Ok(Tensor::from_data(
+            TensorData::from_bytes(bytes, [n], dtype),
+            (&self.device, dtype),
+        ))
     }
 
     fn upload_blocks(&self, bytes: &[u8], _what: &str) -> Result<Tensor<B, 1, Int>, DeviceError> {
-        let data = TensorData::from_bytes(fresh_bytes(HostData::Mapped(bytes), DType::U8), [bytes.len()], DType::U8);
+        let data = TensorData::from_bytes(
+            fresh_bytes(HostData::Mapped(bytes), DType::U8),
+            [bytes.len()],
+            DType::U8,
+        );
         Ok(Tensor::from_data(data, (&self.device, DType::U8)))
     }
 
@@ -281,6 +328,10 @@ impl<B: Backend> WeightDevice<B> for BurnDevice<B> {
     }
 
     fn capacity(&self) -> Option<DeviceCapacity> {
-        if self.host_memory { crate::memory::proc::host_capacity() } else { None }
+        if self.host_memory {
+            crate::memory::proc::host_capacity()
+        } else {
+            None
+        }
     }
 }

@@ -19,20 +19,28 @@ pub struct ModelHandle<B: Backend> {
 
 impl<B: Backend> Clone for ModelHandle<B> {
     fn clone(&self) -> Self {
-        ModelHandle { patcher: self.patcher.clone(), architecture: self.architecture.clone() }
+        ModelHandle {
+            patcher: self.patcher.clone(),
+            architecture: self.architecture.clone(),
+        }
     }
 }
 
 impl<B: Backend> std::fmt::Debug for ModelHandle<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelHandle").field("patcher", &self.patcher).finish()
+        f.debug_struct("ModelHandle")
+            .field("patcher", &self.patcher)
+            .finish()
     }
 }
 
 impl<B: Backend> ModelHandle<B> {
     /// A handle around `patcher`, without an architecture.
     pub fn new(patcher: ModelPatcher<B>) -> Self {
-        ModelHandle { patcher: Arc::new(patcher), architecture: None }
+        ModelHandle {
+            patcher: Arc::new(patcher),
+            architecture: None,
+        }
     }
 
     /// Attaches the architecture (config, module tree) that runs on these weights.
@@ -59,7 +67,10 @@ impl<B: Backend> ModelHandle<B> {
 
     /// The same architecture around another patcher (a patched clone).
     pub fn with_patcher(&self, patcher: ModelPatcher<B>) -> Self {
-        ModelHandle { patcher: Arc::new(patcher), architecture: self.architecture.clone() }
+        ModelHandle {
+            patcher: Arc::new(patcher),
+            architecture: self.architecture.clone(),
+        }
     }
 
     /// The handle as a value of `port_type` (`MODEL`, `VAE`, `CLIP`).

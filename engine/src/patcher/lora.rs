@@ -76,26 +76,53 @@ impl WeightPatch {
     }
 }
 
-fn apply_lora(f: &LoraFactors, strength: f32, target: &str, values: &mut [f32], shape: &[u64]) -> Result<(), PatchError> {
+fn apply_lora(
+    f: &LoraFactors,
+    strength: f32,
+    target: &str,
+    values: &mut [f32],
+    shape: &[u64],
+) -> Result<(), PatchError> {
     let lora = &f.source;
-    let shape_error = |why: String| PatchError::Shape { lora: lora.path().to_owned(), target: target.to_owned(), why };
+    let shape_error = |why: String| PatchError::Shape {
+        lora: lora.path().to_owned(),
+        target: target.to_owned(),
+        why,
+    };
     let up_info = lora.require(&f.up)?;
     let down_info = lora.require(&f.down)?;
     let (up_shape, down_shape) = (&up_info.shape, &down_info.shape);
-    let rank = *down_shape.first().ok_or_else(|| shape_error(format!("{} is a scalar", f.down)))? as usize;
-    let out = *up_shape.first().ok_or_else(|| shape_error(format!("{} is a scalar", f.up)))? as usize;
+    let rank = *down_shape
+        .first()
+        .ok_or_else(|| shape_error(format!("{} is a scalar", f.down)))? as usize;
+    let out = *up_shape
+        .first()
+        .ok_or_else(|| shape_error(format!("{} is a scalar", f.up)))? as usize;
     let up_rank: u64 = up_shape[1..].iter().product();
     if up_shape.len() < 2 || up_rank != rank as u64 {
-        return Err(shape_error(format!("up {up_shape:?} and down {down_shape:?} disagree on the rank")));
+        return Err(shape_error(format!(
+            "up {up_shape:?} and down {down_shape:?} disagree on the rank"
+        )));
     }
     let cols: usize = down_shape[1..].iter().product::<u64>() as usize;
     let target_rows = *shape.first().unwrap_or(&1) as usize;
-    let target_cols = if shape.len() > 1 { shape[1..].iter().product::<u64>() as usize } else { 1 };
+    let target_cols = if shape.len() > 1 {
+        shape[1..].iter().product::<u64>() as usize
+    } else {
+        1
+    };
     let rows = f.rows.clone().unwrap_or(0..target_rows);
-    if rows.end > target_rows || rows.len() != out || cols != target_cols || values.len() != target_rows * target_cols {
+    if rows.end > target_rows
+        || rows.len() != out
+        || cols != target_cols
+        || values.len() != target_rows * target_cols
+    {
         return Err(shape_error(format!(
             "up {up_shape:?} · down {down_shape:?} gives [{out}, {cols}], the weight is {shape:?}{}",
-            f.rows.as_ref().map(|r| format!(" (rows {}..{})", r.start, r.end)).unwrap_or_default()
+            f.rows
+                .as_ref()
+                .map(|r| format!(" (rows {}..{})", r.start, r.end))
+                .unwrap_or_default()
         )));
     }
     if cols == 0 || rows.is_empty() {
@@ -104,16 +131,19 @@ fn apply_lora(f: &LoraFactors, strength: f32, target: &str, values: &mut [f32], 
     let up = lora.dequantize(up_info)?;
     let down = lora.dequantize(down_info)?;
     let scale = strength * f.alpha.map_or(1.0, |a| a / rank as f32);
-    values[rows.start * cols..rows.end * cols].par_chunks_mut(cols).enumerate().for_each(|(o, row)| {
-        for k in 0..rank {
-            let a = scale * up[o * rank + k];
-            if a == 0.0 {
-                continue;
+    values[rows.start * cols..rows.end * cols]
+        .par_chunks_mut(cols)
+        .enumerate()
+        .for_each(|(o, row)| {
+            for k in 0..rank {
+                let a = scale * up[o * rank + k];
+                if a == 0.0 {
+                    continue;
+                }
+                let down_row = &down[k * cols..(k + 1) * cols];
+                row.iter_mut().zip(down_row).for_each(|(w, &d)| *w += a * d);
             }
-            let down_row = &down[k * cols..(k + 1) * cols];
-            row.iter_mut().zip(down_row).for_each(|(w, &d)| *w += a * d);
-        }
-    });
+        });
     Ok(())
 }
 
@@ -132,7 +162,12 @@ impl LoraKeyMap {
     }
 
     /// LoRA base name `lora` (without `.lora_up.weight` …) patches `rows` of model weight `target`.
-    pub fn insert(&mut self, lora: impl Into<String>, target: impl Into<String>, rows: Option<Range<usize>>) -> &mut Self {
+    pub fn insert(
+        &mut self,
+        lora: impl Into<String>,
+        target: impl Into<String>,
+        rows: Option<Range<usize>>,
+    ) -> &mut Self {
         self.entries.insert(lora.into(), (target.into(), rows));
         self
     }
@@ -157,8 +192,15 @@ struct Group {
 }
 
 /// Prefixes trainers put before the model's own key (kohya, diffusers/PEFT, ComfyUI's own save).
-const LORA_PREFIXES: [&str; 7] =
-    ["lora_unet_", "lora_transformer_", "model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "unet."];
+const LORA_PREFIXES: [&str; 7] = [
+    "lora_unet_",
+    "lora_transformer_",
+    "model.diffusion_model.",
+    "diffusion_model.",
+    "base_model.model.",
+    "transformer.",
+    "unet.",
+];
 /// Prefixes model files put before their keys (city96 GGUFs sometimes keep ComfyUI's).
 const MODEL_PREFIXES: [&str; 2] = ["model.diffusion_model.", "diffusion_model."];
 
@@ -168,7 +210,12 @@ const MODEL_PREFIXES: [&str; 2] = ["model.diffusion_model.", "diffusion_model."]
 /// weight's name without `.weight` (and without `model.diffusion_model.`), either as is
 /// (`double_blocks.0.img_attn.qkv`) or with dots as underscores (kohya's
 /// `lora_unet_double_blocks_0_img_attn_qkv`). `extra` is consulted first.
-pub fn lora_patches(model: &WeightSource, lora: &Arc<WeightSource>, strength: f32, extra: &LoraKeyMap) -> Result<LoraMatch, PatchError> {
+pub fn lora_patches(
+    model: &WeightSource,
+    lora: &Arc<WeightSource>,
+    strength: f32,
+    extra: &LoraKeyMap,
+) -> Result<LoraMatch, PatchError> {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for t in lora.tensors() {
         let name = t.name.as_str();
@@ -183,7 +230,9 @@ pub fn lora_patches(model: &WeightSource, lora: &Arc<WeightSource>, strength: f3
         ];
         match suffixes.iter().find(|(s, _)| name.ends_with(s)) {
             Some((suffix, role)) => {
-                let group = groups.entry(name[..name.len() - suffix.len()].to_owned()).or_default();
+                let group = groups
+                    .entry(name[..name.len() - suffix.len()].to_owned())
+                    .or_default();
                 let slot = match role {
                     0 => &mut group.up,
                     1 => &mut group.down,
@@ -193,7 +242,11 @@ pub fn lora_patches(model: &WeightSource, lora: &Arc<WeightSource>, strength: f3
             }
             None => {
                 let base = name.rsplit_once('.').map_or(name, |(b, _)| b);
-                groups.entry(base.to_owned()).or_default().other.push(name.to_owned());
+                groups
+                    .entry(base.to_owned())
+                    .or_default()
+                    .other
+                    .push(name.to_owned());
             }
         }
     }
@@ -202,7 +255,11 @@ pub fn lora_patches(model: &WeightSource, lora: &Arc<WeightSource>, strength: f3
     let mut found = LoraMatch::default();
     for (base, group) in groups {
         let (Some(up), Some(down)) = (group.up, group.down) else {
-            let what = if group.other.is_empty() { "has only one of up/down".to_owned() } else { format!("unsupported tensors {:?}", group.other) };
+            let what = if group.other.is_empty() {
+                "has only one of up/down".to_owned()
+            } else {
+                format!("unsupported tensors {:?}", group.other)
+            };
             found.unmatched.push((base, what));
             continue;
         };
@@ -218,7 +275,10 @@ pub fn lora_patches(model: &WeightSource, lora: &Arc<WeightSource>, strength: f3
             }
         };
         if model.get(&target).is_none() {
-            return Err(PatchError::UnknownTarget { model: model.path().to_owned(), target });
+            return Err(PatchError::UnknownTarget {
+                model: model.path().to_owned(),
+                target,
+            });
         }
         let alpha = match &group.alpha {
             Some(name) => {
@@ -226,15 +286,36 @@ pub fn lora_patches(model: &WeightSource, lora: &Arc<WeightSource>, strength: f3
                 let values = lora.dequantize(info)?;
                 match values.as_slice() {
                     [a] => Some(*a),
-                    _ => return Err(PatchError::Shape { lora: lora.path().to_owned(), target, why: format!("{name} has {} values, not 1", values.len()) }),
+                    _ => {
+                        return Err(PatchError::Shape {
+                            lora: lora.path().to_owned(),
+                            target,
+                            why: format!("{name} has {} values, not 1", values.len()),
+                        });
+                    }
                 }
             }
             None => None,
         };
-        found.patches.push(WeightPatch { target, strength, kind: PatchKind::Lora(LoraFactors { source: lora.clone(), up, down, alpha, rows }) });
+        found.patches.push(WeightPatch {
+            target,
+            strength,
+            kind: PatchKind::Lora(LoraFactors {
+                source: lora.clone(),
+                up,
+                down,
+                alpha,
+                rows,
+            }),
+        });
     }
     if !found.unmatched.is_empty() {
-        tracing::warn!("{}: {} LoRA modules patch nothing in {}", lora.path().display(), found.unmatched.len(), model.path().display());
+        tracing::warn!(
+            "{}: {} LoRA modules patch nothing in {}",
+            lora.path().display(),
+            found.unmatched.len(),
+            model.path().display()
+        );
     }
     Ok(found)
 }
@@ -258,8 +339,13 @@ impl ModelKeys {
                 .or_insert_with(|| Some(name.to_owned()));
         };
         for t in model.tensors() {
-            let Some(base) = t.name.strip_suffix(".weight") else { continue };
-            let base = MODEL_PREFIXES.iter().find_map(|p| base.strip_prefix(p)).unwrap_or(base);
+            let Some(base) = t.name.strip_suffix(".weight") else {
+                continue;
+            };
+            let base = MODEL_PREFIXES
+                .iter()
+                .find_map(|p| base.strip_prefix(p))
+                .unwrap_or(base);
             add(base.to_owned(), &t.name);
             add(base.replace('.', "_"), &t.name);
         }
@@ -267,11 +353,16 @@ impl ModelKeys {
     }
 
     fn resolve(&self, lora_base: &str) -> Result<String, String> {
-        let stripped = LORA_PREFIXES.iter().find_map(|p| lora_base.strip_prefix(p)).unwrap_or(lora_base);
+        let stripped = LORA_PREFIXES
+            .iter()
+            .find_map(|p| lora_base.strip_prefix(p))
+            .unwrap_or(lora_base);
         for candidate in [stripped.to_owned(), stripped.replace('.', "_")] {
             match self.by_base.get(&candidate) {
                 Some(Some(name)) => return Ok(name.clone()),
-                Some(None) => return Err(format!("{candidate:?} names more than one model weight")),
+                Some(None) => {
+                    return Err(format!("{candidate:?} names more than one model weight"));
+                }
                 None => {}
             }
         }

@@ -47,11 +47,19 @@ fn plain_float(dtype: StorageType) -> Option<DType> {
 /// Whether the weight goes to the device as its stored bytes (no patches, `AsStored`, and a type
 /// the device copy can hold as is: plain floats and quantized ggml blocks).
 pub(crate) fn stays_as_stored(info: &TensorInfo, patched: bool, options: LoadOptions) -> bool {
-    !patched && options.format == WeightFormat::AsStored && (plain_float(info.dtype).is_some() || info.dtype.ggml().is_some_and(GgmlType::is_quantized))
+    !patched
+        && options.format == WeightFormat::AsStored
+        && (plain_float(info.dtype).is_some()
+            || info.dtype.ggml().is_some_and(GgmlType::is_quantized))
 }
 
 /// The weight `info` of `source` with `patches` applied, as `options` lay it out.
-pub(crate) fn materialize<'a>(source: &'a WeightSource, info: &TensorInfo, patches: &[&WeightPatch], options: LoadOptions) -> Result<HostWeight<'a>, PatchError> {
+pub(crate) fn materialize<'a>(
+    source: &'a WeightSource,
+    info: &TensorInfo,
+    patches: &[&WeightPatch],
+    options: LoadOptions,
+) -> Result<HostWeight<'a>, PatchError> {
     if stays_as_stored(info, !patches.is_empty(), options) {
         let bytes = source.bytes(info);
         return Ok(match (plain_float(info.dtype), info.dtype.ggml()) {
@@ -65,8 +73,24 @@ pub(crate) fn materialize<'a>(source: &'a WeightSource, info: &TensorInfo, patch
         patch.apply(&mut values, &info.shape)?;
     }
     Ok(match options.compute_dtype {
-        DType::F16 => HostWeight::Float(HostData::Half(values.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()), DType::F16),
-        DType::BF16 => HostWeight::Float(HostData::Half(values.par_iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()), DType::BF16),
+        DType::F16 => HostWeight::Float(
+            HostData::Half(
+                values
+                    .par_iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect(),
+            ),
+            DType::F16,
+        ),
+        DType::BF16 => HostWeight::Float(
+            HostData::Half(
+                values
+                    .par_iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
+            ),
+            DType::BF16,
+        ),
         _ => HostWeight::Float(HostData::F32(values), DType::F32),
     })
 }

@@ -22,7 +22,9 @@ mod stats;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-pub use device::{BurnDevice, DeviceCapacity, DeviceError, DeviceUsage, DeviceWeight, HostData, WeightDevice};
+pub use device::{
+    BurnDevice, DeviceCapacity, DeviceError, DeviceUsage, DeviceWeight, HostData, WeightDevice,
+};
 pub use handle::ModelHandle;
 pub use lora::{LoraFactors, LoraKeyMap, LoraMatch, PatchKind, WeightPatch, lora_patches};
 pub use stats::{LocationStats, ParamStats};
@@ -107,7 +109,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { format: WeightFormat::AsStored, compute_dtype: DType::F32 }
+        LoadOptions {
+            format: WeightFormat::AsStored,
+            compute_dtype: DType::F32,
+        }
     }
 }
 
@@ -183,7 +188,9 @@ impl<B: Backend> ModelCore<B> {
     fn lock(&self) -> MutexGuard<'_, DeviceState<B>> {
         // Every update of the state is a slot swap with its byte count; a panic between the two
         // would only skew the count, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -198,12 +205,28 @@ impl<B: Backend> ModelCore<B> {
         self.lock().device_bytes
     }
 
-    fn upload(&self, host: HostWeight<'_>, name: &str, shape: &[u64]) -> Result<DeviceWeight<B>, PatchError> {
+    fn upload(
+        &self,
+        host: HostWeight<'_>,
+        name: &str,
+        shape: &[u64],
+    ) -> Result<DeviceWeight<B>, PatchError> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let fail = |error| PatchError::Upload { path: self.path().to_owned(), tensor: name.to_owned(), error };
+        let fail = |error| PatchError::Upload {
+            path: self.path().to_owned(),
+            tensor: name.to_owned(),
+            error,
+        };
         Ok(match host {
-            HostWeight::Float(data, dtype) => DeviceWeight::Float { tensor: self.device.upload_float(data, dtype, name).map_err(fail)?, shape },
-            HostWeight::Blocks(bytes, ty) => DeviceWeight::Blocks { tensor: self.device.upload_blocks(bytes, name).map_err(fail)?, ty, shape },
+            HostWeight::Float(data, dtype) => DeviceWeight::Float {
+                tensor: self.device.upload_float(data, dtype, name).map_err(fail)?,
+                shape,
+            },
+            HostWeight::Blocks(bytes, ty) => DeviceWeight::Blocks {
+                tensor: self.device.upload_blocks(bytes, name).map_err(fail)?,
+                ty,
+                shape,
+            },
         })
     }
 
@@ -224,7 +247,13 @@ impl<B: Backend> ModelCore<B> {
         }
         if report.tensors > 0 {
             self.device.release();
-            tracing::info!("{}: offloaded {} weights ({}); {}", self.path().display(), report.tensors, human_bytes(report.bytes), self.stats());
+            tracing::info!(
+                "{}: offloaded {} weights ({}); {}",
+                self.path().display(),
+                report.tensors,
+                human_bytes(report.bytes),
+                self.stats()
+            );
         }
         report
     }
@@ -263,30 +292,64 @@ impl<B: Backend> Clone for ModelPatcher<B> {
     /// A new patcher on the same base weights and device copy, with its own copy of the patch
     /// list: patches added to the clone do not reach the original, and the reverse.
     fn clone(&self) -> Self {
-        ModelPatcher { core: self.core.clone(), patches: self.patches.clone() }
+        ModelPatcher {
+            core: self.core.clone(),
+            patches: self.patches.clone(),
+        }
     }
 }
 
 impl<B: Backend> std::fmt::Debug for ModelPatcher<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelPatcher").field("file", &self.core.path()).field("patches", &self.patches.len()).finish()
+        f.debug_struct("ModelPatcher")
+            .field("file", &self.core.path())
+            .field("patches", &self.patches.len())
+            .finish()
     }
 }
 
 impl<B: Backend> ModelPatcher<B> {
     /// A patcher over `source`'s weights, loading to `device`. Nothing is uploaded yet.
-    pub fn new(source: Arc<WeightSource>, device: Arc<dyn WeightDevice<B>>, options: LoadOptions) -> Result<Self, PatchError> {
+    pub fn new(
+        source: Arc<WeightSource>,
+        device: Arc<dyn WeightDevice<B>>,
+        options: LoadOptions,
+    ) -> Result<Self, PatchError> {
         if !matches!(options.compute_dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(PatchError::ComputeDtype(options.compute_dtype));
         }
-        let index = source.tensors().iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        let state = DeviceState { slots: (0..source.tensors().len()).map(|_| None).collect(), device_bytes: 0, loads: 0, streamed: 0 };
+        let index = source
+            .tensors()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let state = DeviceState {
+            slots: (0..source.tensors().len()).map(|_| None).collect(),
+            device_bytes: 0,
+            loads: 0,
+            streamed: 0,
+        };
         let id = NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(ModelPatcher { core: Arc::new(ModelCore { id, source, index, device, options, state: Mutex::new(state) }), patches: Vec::new() })
+        Ok(ModelPatcher {
+            core: Arc::new(ModelCore {
+                id,
+                source,
+                index,
+                device,
+                options,
+                state: Mutex::new(state),
+            }),
+            patches: Vec::new(),
+        })
     }
 
     /// Opens `path` through the process's mmap cache and makes a patcher over it.
-    pub fn open(path: impl AsRef<Path>, device: Arc<dyn WeightDevice<B>>, options: LoadOptions) -> Result<Self, PatchError> {
+    pub fn open(
+        path: impl AsRef<Path>,
+        device: Arc<dyn WeightDevice<B>>,
+        options: LoadOptions,
+    ) -> Result<Self, PatchError> {
         Self::new(Arc::new(WeightSource::open(path)?), device, options)
     }
 
@@ -327,11 +390,17 @@ impl<B: Backend> ModelPatcher<B> {
 
     /// Adds patches; each must target a weight of the model. They take effect at the next load
     /// (or `weight` call).
-    pub fn add_patches(&mut self, patches: impl IntoIterator<Item = WeightPatch>) -> Result<(), PatchError> {
+    pub fn add_patches(
+        &mut self,
+        patches: impl IntoIterator<Item = WeightPatch>,
+    ) -> Result<(), PatchError> {
         let mut added = Vec::new();
         for patch in patches {
             if !self.core.index.contains_key(&patch.target) {
-                return Err(PatchError::UnknownTarget { model: self.core.path().to_owned(), target: patch.target });
+                return Err(PatchError::UnknownTarget {
+                    model: self.core.path().to_owned(),
+                    target: patch.target,
+                });
             }
             added.push(Arc::new(patch));
         }
@@ -350,7 +419,11 @@ impl<B: Backend> ModelPatcher<B> {
         let mut by_index: HashMap<usize, (u64, Vec<&WeightPatch>)> = HashMap::new();
         for patch in &self.patches {
             if let Some(&index) = self.core.index.get(&patch.target) {
-                by_index.entry(index).or_insert_with(|| (0, Vec::new())).1.push(patch);
+                by_index
+                    .entry(index)
+                    .or_insert_with(|| (0, Vec::new()))
+                    .1
+                    .push(patch);
             }
         }
         for (key, list) in by_index.values_mut() {
@@ -374,7 +447,9 @@ impl<B: Backend> ModelPatcher<B> {
     /// Bytes a full load takes on the device, with this patcher's patches.
     pub fn full_bytes(&self) -> u64 {
         let keys = self.patch_keys();
-        (0..self.core.source.tensors().len()).map(|i| self.device_size(i, keys.contains_key(&i))).sum()
+        (0..self.core.source.tensors().len())
+            .map(|i| self.device_size(i, keys.contains_key(&i)))
+            .sum()
     }
 
     /// Bytes of device copies the model holds now (shared with clones).
@@ -431,23 +506,42 @@ impl<B: Backend> ModelPatcher<B> {
         }
 
         let core = &self.core;
-        core.device.begin_load(&core.source).map_err(|error| PatchError::Device { path: core.path().to_owned(), error })?;
+        core.device
+            .begin_load(&core.source)
+            .map_err(|error| PatchError::Device {
+                path: core.path().to_owned(),
+                error,
+            })?;
         let uploads = (|| {
-            let missing: Vec<usize> = (0..n).filter(|&i| wanted[i] && state.slots[i].is_none()).collect();
+            let missing: Vec<usize> = (0..n)
+                .filter(|&i| wanted[i] && state.slots[i].is_none())
+                .collect();
             for index in missing {
                 let info = &core.source.tensors()[index];
-                let (key, patches) = keys.get(&index).map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
+                let (key, patches) = keys
+                    .get(&index)
+                    .map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
                 let host = materialize(&core.source, info, patches, core.options)?;
                 let weight = core.upload(host, &info.name, &info.shape)?;
                 let bytes = weight.device_bytes();
-                state.put(index, Resident { weight, patch_key: key, bytes });
+                state.put(
+                    index,
+                    Resident {
+                        weight,
+                        patch_key: key,
+                        bytes,
+                    },
+                );
                 report.uploaded += 1;
                 report.uploaded_bytes += bytes;
             }
             Ok::<(), PatchError>(())
         })();
         // Wait for the copies even when one failed, so that none is in flight afterwards.
-        let landed = core.device.end_load().map_err(|error| PatchError::Device { path: core.path().to_owned(), error });
+        let landed = core.device.end_load().map_err(|error| PatchError::Device {
+            path: core.path().to_owned(),
+            error,
+        });
         LOADS.fetch_add(1, Ordering::Relaxed);
         uploads?;
         landed?;
@@ -476,11 +570,18 @@ impl<B: Backend> ModelPatcher<B> {
     pub fn unpatch(&self) -> Result<usize, PatchError> {
         let core = &self.core;
         let mut state = core.lock();
-        let patched: Vec<usize> = (0..state.slots.len()).filter(|&i| state.slots[i].as_ref().is_some_and(|r| r.patch_key != 0)).collect();
+        let patched: Vec<usize> = (0..state.slots.len())
+            .filter(|&i| state.slots[i].as_ref().is_some_and(|r| r.patch_key != 0))
+            .collect();
         if patched.is_empty() {
             return Ok(0);
         }
-        core.device.begin_load(&core.source).map_err(|error| PatchError::Device { path: core.path().to_owned(), error })?;
+        core.device
+            .begin_load(&core.source)
+            .map_err(|error| PatchError::Device {
+                path: core.path().to_owned(),
+                error,
+            })?;
         let restored = (|| {
             for &index in &patched {
                 // Drop first: the patched copy's memory is free for the file's.
@@ -489,11 +590,21 @@ impl<B: Backend> ModelPatcher<B> {
                 let host = materialize(&core.source, info, &[], core.options)?;
                 let weight = core.upload(host, &info.name, &info.shape)?;
                 let bytes = weight.device_bytes();
-                state.put(index, Resident { weight, patch_key: 0, bytes });
+                state.put(
+                    index,
+                    Resident {
+                        weight,
+                        patch_key: 0,
+                        bytes,
+                    },
+                );
             }
             Ok::<(), PatchError>(())
         })();
-        let landed = core.device.end_load().map_err(|error| PatchError::Device { path: core.path().to_owned(), error });
+        let landed = core.device.end_load().map_err(|error| PatchError::Device {
+            path: core.path().to_owned(),
+            error,
+        });
         restored?;
         landed?;
         Ok(patched.len())
@@ -518,7 +629,9 @@ impl<B: Backend> ModelPatcher<B> {
         let core = &self.core;
         let index = self.index_of(name)?;
         let keys = self.patch_keys();
-        let (key, patches) = keys.get(&index).map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
+        let (key, patches) = keys
+            .get(&index)
+            .map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
         let mut state = core.lock();
         if let Some(resident) = &state.slots[index]
             && resident.patch_key == key
@@ -526,9 +639,18 @@ impl<B: Backend> ModelPatcher<B> {
             return Ok(resident.weight.clone());
         }
         let info = &core.source.tensors()[index];
-        core.device.begin_load(&core.source).map_err(|error| PatchError::Device { path: core.path().to_owned(), error })?;
-        let weight = materialize(&core.source, info, patches, core.options).and_then(|host| core.upload(host, &info.name, &info.shape));
-        let landed = core.device.end_load().map_err(|error| PatchError::Device { path: core.path().to_owned(), error });
+        core.device
+            .begin_load(&core.source)
+            .map_err(|error| PatchError::Device {
+                path: core.path().to_owned(),
+                error,
+            })?;
+        let weight = materialize(&core.source, info, patches, core.options)
+            .and_then(|host| core.upload(host, &info.name, &info.shape));
+        let landed = core.device.end_load().map_err(|error| PatchError::Device {
+            path: core.path().to_owned(),
+            error,
+        });
         let weight = weight?;
         landed?;
         state.streamed += 1;
@@ -545,12 +667,26 @@ impl<B: Backend> ModelPatcher<B> {
         }
         let core = &self.core;
         let keys = self.patch_keys();
-        let patches = keys.get(&index).map_or(&[][..], |(_, list)| list.as_slice());
+        let patches = keys
+            .get(&index)
+            .map_or(&[][..], |(_, list)| list.as_slice());
         let info = &core.source.tensors()[index];
-        let dense = LoadOptions { format: WeightFormat::Dequantized, ..core.options };
-        core.device.begin_load(&core.source).map_err(|error| PatchError::Device { path: core.path().to_owned(), error })?;
-        let weight = materialize(&core.source, info, patches, dense).and_then(|host| core.upload(host, &info.name, &info.shape));
-        let landed = core.device.end_load().map_err(|error| PatchError::Device { path: core.path().to_owned(), error });
+        let dense = LoadOptions {
+            format: WeightFormat::Dequantized,
+            ..core.options
+        };
+        core.device
+            .begin_load(&core.source)
+            .map_err(|error| PatchError::Device {
+                path: core.path().to_owned(),
+                error,
+            })?;
+        let weight = materialize(&core.source, info, patches, dense)
+            .and_then(|host| core.upload(host, &info.name, &info.shape));
+        let landed = core.device.end_load().map_err(|error| PatchError::Device {
+            path: core.path().to_owned(),
+            error,
+        });
         let weight = weight?;
         landed?;
         core.lock().streamed += 1;
@@ -562,7 +698,13 @@ impl<B: Backend> ModelPatcher<B> {
 
     fn index_of(&self, name: &str) -> Result<usize, PatchError> {
         let core = &self.core;
-        Ok(*core.index.get(name).ok_or_else(|| WeightsError::MissingTensor { path: core.path().to_owned(), name: name.to_owned() })?)
+        Ok(*core
+            .index
+            .get(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                path: core.path().to_owned(),
+                name: name.to_owned(),
+            })?)
     }
 
     /// Compares every resident device copy with what this patcher would upload (the file's
@@ -576,10 +718,22 @@ impl<B: Backend> ModelPatcher<B> {
         for (index, slot) in state.slots.iter().enumerate() {
             let Some(resident) = slot else { continue };
             let info = &core.source.tensors()[index];
-            let (key, patches) = keys.get(&index).map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
+            let (key, patches) = keys
+                .get(&index)
+                .map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
             let expected = materialize(&core.source, info, patches, core.options)?;
-            let actual = resident.weight.read_back().map_err(|error| PatchError::Upload { path: core.path().to_owned(), tensor: info.name.clone(), error })?;
-            if resident.patch_key != key || actual != expected.as_bytes() || resident.weight.dtype() != expected.dtype() {
+            let actual = resident
+                .weight
+                .read_back()
+                .map_err(|error| PatchError::Upload {
+                    path: core.path().to_owned(),
+                    tensor: info.name.clone(),
+                    error,
+                })?;
+            if resident.patch_key != key
+                || actual != expected.as_bytes()
+                || resident.weight.dtype() != expected.dtype()
+            {
                 mismatched.push(info.name.clone());
             }
         }
@@ -591,6 +745,9 @@ impl<B: Backend> ModelPatcher<B> {
         let index = *self.core.index.get(name)?;
         let key = self.patch_keys().get(&index).map_or(0, |k| k.0);
         let state = self.core.lock();
-        state.slots[index].as_ref().filter(|r| r.patch_key == key).map(|r| r.weight.clone())
+        state.slots[index]
+            .as_ref()
+            .filter(|r| r.patch_key == key)
+            .map(|r| r.weight.clone())
     }
 }

@@ -19,7 +19,10 @@ impl Default for CachePolicy {
     /// 32 files, 256 GiB: mappings cost address space and reclaimable page cache, not RAM, so the
     /// bound is there for the address space and the file descriptors' sake.
     fn default() -> Self {
-        CachePolicy { max_files: 32, max_bytes: 256 << 30 }
+        CachePolicy {
+            max_files: 32,
+            max_bytes: 256 << 30,
+        }
     }
 }
 
@@ -89,7 +92,10 @@ pub struct MmapCache {
 impl MmapCache {
     /// An empty cache with `policy`.
     pub fn new(policy: CachePolicy) -> Self {
-        MmapCache { policy, inner: Mutex::new(Inner::default()) }
+        MmapCache {
+            policy,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     /// The process's cache (default policy): what loaders use, so that every node of every run
@@ -107,13 +113,18 @@ impl MmapCache {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the entry list inconsistent (every update is
         // a single push or remove), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A shared handle to `path`'s mapping: the existing one if the file is unchanged, else a new one.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<MappedFile, WeightsError> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|error| WeightsError::Io { path: path.to_owned(), error })?;
+        let meta = std::fs::metadata(path).map_err(|error| WeightsError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
         let identity = FileIdentity::of(&meta);
         let mut inner = self.lock();
         inner.tick += 1;
@@ -123,21 +134,34 @@ impl MmapCache {
             let users = entry.map.handle_count() - 1; // besides the cache
             let map = entry.map.clone();
             inner.hits += 1;
-            tracing::info!("mmap cache hit: {} ({}, {users} other users)", path.display(), human_bytes(map.len() as u64));
+            tracing::info!(
+                "mmap cache hit: {} ({}, {users} other users)",
+                path.display(),
+                human_bytes(map.len() as u64)
+            );
             return Ok(map);
         }
         // Mapping under the lock keeps two threads from mapping the same file twice; mapping is a
         // system call that does not read the file, so the lock is held briefly.
         let map = MappedFile::open(path)?;
         inner.misses += 1;
-        tracing::info!("mmap cache miss: mapped {} ({})", path.display(), human_bytes(map.len() as u64));
+        tracing::info!(
+            "mmap cache miss: mapped {} ({})",
+            path.display(),
+            human_bytes(map.len() as u64)
+        );
         // The file may have changed between the stat and the open: key by what was mapped.
         let identity = map.identity();
         if let Some(existing) = inner.entries.iter_mut().find(|e| e.identity == identity) {
             existing.last_used = tick;
             return Ok(existing.map.clone());
         }
-        inner.entries.push(Entry { identity, attachments: Vec::new(), map: map.clone(), last_used: tick });
+        inner.entries.push(Entry {
+            identity,
+            attachments: Vec::new(),
+            map: map.clone(),
+            last_used: tick,
+        });
         self.evict(&mut inner, Some(path));
         Ok(map)
     }
@@ -149,7 +173,9 @@ impl MmapCache {
         if let Some(path) = replaced {
             let before = inner.entries.len();
             let newest = inner.entries.last().map(|e| e.identity);
-            inner.entries.retain(|e| !(e.is_idle() && e.map.path() == path && Some(e.identity) != newest));
+            inner
+                .entries
+                .retain(|e| !(e.is_idle() && e.map.path() == path && Some(e.identity) != newest));
             inner.evictions += (before - inner.entries.len()) as u64;
         }
         loop {
@@ -157,13 +183,23 @@ impl MmapCache {
             if inner.entries.len() <= self.policy.max_files && bytes <= self.policy.max_bytes {
                 return;
             }
-            let Some(victim) = inner.entries.iter().enumerate().filter(|(_, e)| e.is_idle()).min_by_key(|(_, e)| e.last_used).map(|(i, _)| i)
+            let Some(victim) = inner
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.is_idle())
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i)
             else {
                 // Everything left is in use; the policy bounds idle mappings only.
                 return;
             };
             let entry = inner.entries.remove(victim);
-            tracing::info!("mmap cache: unmapped idle {} ({})", entry.map.path().display(), human_bytes(entry.map.len() as u64));
+            tracing::info!(
+                "mmap cache: unmapped idle {} ({})",
+                entry.map.path().display(),
+                human_bytes(entry.map.len() as u64)
+            );
             inner.evictions += 1;
         }
     }
@@ -200,7 +236,11 @@ impl MmapCache {
     /// registration, which is released just before the mapping is unmapped.
     ///
     /// `make` must not keep a clone of the mapping: that would keep it "in use" forever.
-    pub fn attachment<T: Any + Send + Sync>(&self, map: &MappedFile, make: impl FnOnce(&MappedFile) -> T) -> Option<Arc<T>> {
+    pub fn attachment<T: Any + Send + Sync>(
+        &self,
+        map: &MappedFile,
+        make: impl FnOnce(&MappedFile) -> T,
+    ) -> Option<Arc<T>> {
         let mut inner = self.lock();
         let entry = inner.entries.iter_mut().find(|e| e.map.same_mapping(map))?;
         let type_id = TypeId::of::<T>();
@@ -249,7 +289,10 @@ mod tests {
         let b = cache.open(&link).unwrap();
         assert!(a.same_mapping(&b));
         let stats = cache.stats();
-        assert_eq!((stats.misses, stats.hits, stats.live_mappings, stats.in_use), (1, 1, 1, 1));
+        assert_eq!(
+            (stats.misses, stats.hits, stats.live_mappings, stats.in_use),
+            (1, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -263,15 +306,24 @@ mod tests {
         assert_eq!(cache.stats().in_use, 0);
         assert_eq!(cache.stats().live_mappings, 1);
         let again = cache.open(&path).unwrap();
-        assert_eq!(again.bytes().as_ptr(), first_ptr, "a hit returns the same mapping");
+        assert_eq!(
+            again.bytes().as_ptr(),
+            first_ptr,
+            "a hit returns the same mapping"
+        );
         assert_eq!(cache.stats().hits, 1);
     }
 
     #[test]
     fn the_policy_evicts_idle_mappings_least_recently_used_first_and_never_one_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let paths: Vec<_> = (0..4).map(|i| file(dir.path(), &format!("{i}.bin"), 1000)).collect();
-        let cache = MmapCache::new(CachePolicy { max_files: 2, max_bytes: u64::MAX });
+        let paths: Vec<_> = (0..4)
+            .map(|i| file(dir.path(), &format!("{i}.bin"), 1000))
+            .collect();
+        let cache = MmapCache::new(CachePolicy {
+            max_files: 2,
+            max_bytes: u64::MAX,
+        });
         let held = cache.open(&paths[0]).unwrap();
         drop(cache.open(&paths[1]).unwrap());
         drop(cache.open(&paths[2]).unwrap()); // evicts 1 (idle, oldest); 0 is held
@@ -282,7 +334,10 @@ mod tests {
         assert!(cache.contains(&held));
         assert_eq!(cache.stats().evictions, 2);
         // Byte bound: two 1000-byte files do not fit in 1500 bytes, the idle one goes.
-        let small = MmapCache::new(CachePolicy { max_files: 10, max_bytes: 1500 });
+        let small = MmapCache::new(CachePolicy {
+            max_files: 10,
+            max_bytes: 1500,
+        });
         drop(small.open(&paths[0]).unwrap());
         let _b = small.open(&paths[1]).unwrap();
         assert_eq!(small.stats().live_mappings, 1);

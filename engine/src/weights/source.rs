@@ -27,7 +27,9 @@ impl WeightSource {
 
     /// Parses a mapping (GGUF by its magic, else safetensors).
     pub fn from_mapping(map: MappedFile) -> Result<Self, WeightsError> {
-        Ok(WeightSource { file: ModelFile::from_mapping(map)? })
+        Ok(WeightSource {
+            file: ModelFile::from_mapping(map)?,
+        })
     }
 
     /// Wraps a parsed file.
@@ -69,7 +71,10 @@ impl WeightSource {
 
     /// The tensor called `name`, or an error naming the file and the tensor.
     pub fn require(&self, name: &str) -> Result<&TensorInfo, WeightsError> {
-        self.get(name).ok_or_else(|| WeightsError::MissingTensor { path: self.path().to_owned(), name: name.to_owned() })
+        self.get(name).ok_or_else(|| WeightsError::MissingTensor {
+            path: self.path().to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     /// The tensor's stored bytes: a read-only slice of the mapping, never a copy.

@@ -33,16 +33,31 @@ fn block_layout() -> [(&'static str, GgmlType, Vec<u64>); 7] {
 }
 
 fn block_bytes() -> u64 {
-    block_layout().iter().map(|(_, ty, shape)| ty.bytes_for(shape.iter().product()).unwrap_or(0)).sum()
+    block_layout()
+        .iter()
+        .map(|(_, ty, shape)| ty.bytes_for(shape.iter().product()).unwrap_or(0))
+        .sum()
 }
 
 /// Writes a GGUF of about `target_bytes` (at least one block, ~13 MiB) to `path`, with values
 /// drawn from `seed`. The same arguments always give the same file.
-pub fn write_mixed_gguf(path: impl AsRef<std::path::Path>, target_bytes: u64, seed: u64) -> Result<SyntheticModel, FormatError> {
+pub fn write_mixed_gguf(
+    path: impl AsRef<std::path::Path>,
+    target_bytes: u64,
+    seed: u64,
+) -> Result<SyntheticModel, FormatError> {
     let blocks = (target_bytes.div_ceil(block_bytes())).max(1) as usize;
     let mut writer = GgufWriter::new();
-    writer.add_metadata("general.architecture", MetadataValue::String("weft-synthetic".into()));
-    writer.add_metadata("general.name", MetadataValue::String(format!("synthetic mixed-type model, {blocks} blocks, seed {seed}")));
+    writer.add_metadata(
+        "general.architecture",
+        MetadataValue::String("weft-synthetic".into()),
+    );
+    writer.add_metadata(
+        "general.name",
+        MetadataValue::String(format!(
+            "synthetic mixed-type model, {blocks} blocks, seed {seed}"
+        )),
+    );
     let mut rng = SplitMix64(seed);
     let mut tensors = 0;
     for block in 0..blocks {
@@ -50,19 +65,38 @@ pub fn write_mixed_gguf(path: impl AsRef<std::path::Path>, target_bytes: u64, se
             let n: u64 = shape.iter().product();
             let data = random_tensor(ty, n, &mut rng);
             let name = format!("blocks.{block}.{suffix}");
-            writer.add_raw_tensor(name, ty, &shape, data).map_err(|error| FormatError::Dequant { path: path.as_ref().to_owned(), error })?;
+            writer
+                .add_raw_tensor(name, ty, &shape, data)
+                .map_err(|error| FormatError::Dequant {
+                    path: path.as_ref().to_owned(),
+                    error,
+                })?;
             tensors += 1;
         }
     }
     writer.write_file(&path)?;
-    let file_bytes = std::fs::metadata(path.as_ref()).map(|m| m.len()).map_err(|error| FormatError::Io { path: path.as_ref().to_owned(), error })?;
-    Ok(SyntheticModel { file_bytes, tensors, blocks })
+    let file_bytes = std::fs::metadata(path.as_ref())
+        .map(|m| m.len())
+        .map_err(|error| FormatError::Io {
+            path: path.as_ref().to_owned(),
+            error,
+        })?;
+    Ok(SyntheticModel {
+        file_bytes,
+        tensors,
+        blocks,
+    })
 }
 
 /// Writes a kohya-style LoRA for a model [`write_mixed_gguf`] made with `blocks` blocks: rank
 /// `rank` F16 factors (`lora_unet_blocks_N_…` names, `alpha = rank`) for every matrix. Returns the
 /// number of modules.
-pub fn write_lora(path: impl AsRef<std::path::Path>, blocks: usize, rank: usize, seed: u64) -> Result<usize, FormatError> {
+pub fn write_lora(
+    path: impl AsRef<std::path::Path>,
+    blocks: usize,
+    rank: usize,
+    seed: u64,
+) -> Result<usize, FormatError> {
     let path = path.as_ref();
     let mut rng = SplitMix64(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -79,21 +113,48 @@ pub fn write_lora(path: impl AsRef<std::path::Path>, blocks: usize, rank: usize,
     };
     for block in 0..blocks {
         for (suffix, _, shape) in block_layout() {
-            let (&[out, cols], Some(base)) = (shape.as_slice(), suffix.strip_suffix(".weight")) else { continue };
+            let (&[out, cols], Some(base)) = (shape.as_slice(), suffix.strip_suffix(".weight"))
+            else {
+                continue;
+            };
             let (out, cols) = (out as usize, cols as usize);
             let name = format!("lora_unet_blocks_{block}_{}", base.replace('.', "_"));
-            tensors.push((format!("{name}.lora_up.weight"), vec![out, rank], half_values(out * rank)));
-            tensors.push((format!("{name}.lora_down.weight"), vec![rank, cols], half_values(rank * cols)));
-            tensors.push((format!("{name}.alpha"), vec![], half::f16::from_f32(rank as f32).to_le_bytes().to_vec()));
+            tensors.push((
+                format!("{name}.lora_up.weight"),
+                vec![out, rank],
+                half_values(out * rank),
+            ));
+            tensors.push((
+                format!("{name}.lora_down.weight"),
+                vec![rank, cols],
+                half_values(rank * cols),
+            ));
+            tensors.push((
+                format!("{name}.alpha"),
+                vec![],
+                half::f16::from_f32(rank as f32).to_le_bytes().to_vec(),
+            ));
         }
     }
     let views = tensors.iter().map(|(name, shape, data)| {
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), data).map(|view| (name.clone(), view))
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), data)
+            .map(|view| (name.clone(), view))
     });
-    let views: Vec<_> = views.collect::<Result<_, _>>().map_err(|e| FormatError::Safetensors { path: path.to_owned(), message: e.to_string() })?;
+    let views: Vec<_> = views
+        .collect::<Result<_, _>>()
+        .map_err(|e| FormatError::Safetensors {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     let modules = views.len() / 3;
-    let bytes = safetensors::serialize(views, None).map_err(|e| FormatError::Safetensors { path: path.to_owned(), message: e.to_string() })?;
-    std::fs::write(path, bytes).map_err(|error| FormatError::Io { path: path.to_owned(), error })?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| FormatError::Safetensors {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, bytes).map_err(|error| FormatError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
     Ok(modules)
 }
 
@@ -176,17 +237,30 @@ mod tests {
         assert_eq!(file.tensors().len(), 7);
         for t in file.tensors() {
             let values = file.dequantize(t).unwrap();
-            assert!(values.iter().all(|v| v.is_finite()), "{} has a non-finite value", t.name);
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{} has a non-finite value",
+                t.name
+            );
             assert!(values.iter().any(|&v| v != 0.0), "{} is all zeros", t.name);
         }
         // A LoRA for it patches every matrix.
         let lora = dir.path().join("s.safetensors");
         assert_eq!(write_lora(&lora, 1, 4, 3).unwrap(), 6);
         let lora = ModelFile::open(&lora).unwrap();
-        assert!(lora.tensors().iter().all(|t| lora.dequantize(t).unwrap().iter().all(|v| v.is_finite())));
+        assert!(
+            lora.tensors().iter().all(|t| lora
+                .dequantize(t)
+                .unwrap()
+                .iter()
+                .all(|v| v.is_finite()))
+        );
         // Same arguments, same bytes.
         let again = dir.path().join("t.gguf");
         write_mixed_gguf(&again, 1, 7).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&again).unwrap());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(&again).unwrap()
+        );
     }
 }

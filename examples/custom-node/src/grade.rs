@@ -4,7 +4,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
 use weft_engine::node::{
-    Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Object, Outputs, ParamSpec, PortType, Value,
+    Inputs, NoParams, Node, NodeContext, NodeError, NodeSchema, Object, Outputs, ParamSpec,
+    PortType, Value,
 };
 
 /// The port type of a [`Grade`].
@@ -29,8 +30,11 @@ impl Grade {
     pub fn apply<B: Backend>(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, height, width, channels] = image.dims();
         let x = (image - 0.5) * self.contrast + 0.5 + self.brightness;
-        let weights = Tensor::<B, 1>::from_floats([0.299, 0.587, 0.114], &x.device()).reshape([1, 1, 1, 3]);
-        let luma = (x.clone() * weights).sum_dim(3).expand([batch, height, width, channels]);
+        let weights =
+            Tensor::<B, 1>::from_floats([0.299, 0.587, 0.114], &x.device()).reshape([1, 1, 1, 3]);
+        let luma = (x.clone() * weights)
+            .sum_dim(3)
+            .expand([batch, height, width, channels]);
         let x = luma.clone() + (x - luma) * self.saturation;
         x.clamp(0.0, 1.0).powf_scalar(1.0 / self.gamma)
     }
@@ -53,7 +57,12 @@ impl<B: Backend> Node<B> for ColorGrade {
             .output("COLOR_GRADE", COLOR_GRADE)
     }
 
-    fn run(&self, grade: Grade, _: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        grade: Grade,
+        _: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         Ok(Outputs::one(Value::Object(Object::new(COLOR_GRADE, grade))))
     }
 }
@@ -73,7 +82,12 @@ impl<B: Backend> Node<B> for ApplyColorGrade {
             .output("IMAGE", PortType::IMAGE)
     }
 
-    fn run(&self, _: NoParams, inputs: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        _: NoParams,
+        inputs: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let image = inputs.image("image")?;
         let channels = image.dims()[3];
         if channels != 3 {

@@ -2,7 +2,9 @@
 //! separators left by empty fields, so one template serves many prompts (and sweeps).
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
-use weft_engine::node::{Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value};
+use weft_engine::node::{
+    Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType, Value,
+};
 
 /// The node type.
 pub struct PromptTemplate;
@@ -37,7 +39,12 @@ impl<B: Backend> Node<B> for PromptTemplate {
             .output("STRING", PortType::STRING)
     }
 
-    fn run(&self, p: Self::Params, _: Inputs<B>, _: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        p: Self::Params,
+        _: Inputs<B>,
+        _: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let filled = fill(&p.template, |name| match name {
             "subject" => Some(p.subject.as_str()),
             "style" => Some(p.style.as_str()),
@@ -45,13 +52,20 @@ impl<B: Backend> Node<B> for PromptTemplate {
             _ => None,
         })
         .map_err(NodeError::msg)?;
-        Ok(Outputs::one(Value::String(if p.tidy { tidy(&filled) } else { filled })))
+        Ok(Outputs::one(Value::String(if p.tidy {
+            tidy(&filled)
+        } else {
+            filled
+        })))
     }
 }
 
 /// Replaces each `{name}` in `template` by `lookup(name)`. Errors name the bad placeholder and its
 /// byte offset, so a typo in a workflow is found at once.
-pub fn fill<'a>(template: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
+pub fn fill<'a>(
+    template: &str,
+    lookup: impl Fn(&str) -> Option<&'a str>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut chars = template.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
@@ -66,7 +80,9 @@ pub fn fill<'a>(template: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Res
             }
             '{' => {
                 let rest = &template[at + 1..];
-                let end = rest.find('}').ok_or_else(|| format!("unclosed '{{' at byte {at} of the template"))?;
+                let end = rest
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed '{{' at byte {at} of the template"))?;
                 let name = &rest[..end];
                 let value = lookup(name).ok_or_else(|| {
                     format!("unknown placeholder {{{name}}} at byte {at} (known: {{subject}}, {{style}}, {{detail}})")
@@ -76,7 +92,11 @@ pub fn fill<'a>(template: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Res
                     chars.next();
                 }
             }
-            '}' => return Err(format!("unmatched '}}' at byte {at} of the template (write '}}}}' for a brace)")),
+            '}' => {
+                return Err(format!(
+                    "unmatched '}}' at byte {at} of the template (write '}}}}' for a brace)"
+                ));
+            }
             c => out.push(c),
         }
     }
@@ -107,7 +127,10 @@ mod tests {
 
     #[test]
     fn fills_placeholders_and_keeps_escaped_braces() {
-        assert_eq!(fill("{subject}, {{not a placeholder}}", lookup).unwrap(), "a lighthouse, {not a placeholder}");
+        assert_eq!(
+            fill("{subject}, {{not a placeholder}}", lookup).unwrap(),
+            "a lighthouse, {not a placeholder}"
+        );
     }
 
     #[test]
@@ -116,7 +139,10 @@ mod tests {
             fill("x {subjet}", lookup).unwrap_err(),
             "unknown placeholder {subjet} at byte 2 (known: {subject}, {style}, {detail})"
         );
-        assert_eq!(fill("x {subject", lookup).unwrap_err(), "unclosed '{' at byte 2 of the template");
+        assert_eq!(
+            fill("x {subject", lookup).unwrap_err(),
+            "unclosed '{' at byte 2 of the template"
+        );
         assert_eq!(
             fill("x } y", lookup).unwrap_err(),
             "unmatched '}' at byte 2 of the template (write '}}' for a brace)"

@@ -2,7 +2,9 @@
 //! a node crate writes files safely (inside the output folder, whole or not at all).
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
-use weft_engine::node::{Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType};
+use weft_engine::node::{
+    Inputs, Node, NodeContext, NodeError, NodeSchema, Outputs, ParamSpec, PortType,
+};
 use weft_nodes::image_io::write_atomically;
 
 /// The node type.
@@ -28,12 +30,20 @@ impl<B: Backend> Node<B> for SaveText {
             .always_run()
     }
 
-    fn run(&self, p: SaveTextParams, inputs: Inputs<B>, ctx: &NodeContext<'_, B>) -> Result<Outputs<B>, NodeError> {
+    fn run(
+        &self,
+        p: SaveTextParams,
+        inputs: Inputs<B>,
+        ctx: &NodeContext<'_, B>,
+    ) -> Result<Outputs<B>, NodeError> {
         let text = inputs.string("text")?;
         let prefix = ctx.output_path(&p.filename_prefix)?;
         let dir = prefix.parent().map(ToOwned::to_owned).unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
-        let stem = prefix.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = prefix
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = (1u32..)
             .map(|n| dir.join(format!("{stem}_{n:05}_.txt")))
             .find(|path| !path.exists())

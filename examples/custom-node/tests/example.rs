@@ -14,7 +14,8 @@ fn workflow_path() -> std::path::PathBuf {
 }
 
 fn registry() -> NodeRegistry<B> {
-    NodeRegistry::from_plugins(&(weft_nodes::Builtin, CustomNodes)).expect("no conflicts with the built-in nodes")
+    NodeRegistry::from_plugins(&(weft_nodes::Builtin, CustomNodes))
+        .expect("no conflicts with the built-in nodes")
 }
 
 #[test]
@@ -25,13 +26,19 @@ fn schemas_agree_with_their_params() {
 #[test]
 fn the_workflow_runs_and_writes_a_prompt_and_a_graded_image() {
     let registry = registry();
-    let graph = Graph::build(&Workflow::load(&workflow_path()).unwrap(), &registry).unwrap_or_else(|r| panic!("{r}"));
+    let graph = Graph::build(&Workflow::load(&workflow_path()).unwrap(), &registry)
+        .unwrap_or_else(|r| panic!("{r}"));
     let out = tempfile::tempdir().unwrap();
     let mut executor = Executor::<B>::new(Default::default(), RunEnv::new(out.path()));
-    executor.run(&graph, &NoEvents, &CancelToken::new()).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    executor
+        .run(&graph, &NoEvents, &CancelToken::new())
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
 
     let prompt = std::fs::read_to_string(out.path().join("graded/prompt_00001_.txt")).unwrap();
-    assert_eq!(prompt, "a lighthouse at dusk, oil painting", "the empty {{detail}} part is tidied away");
+    assert_eq!(
+        prompt, "a lighthouse at dusk, oil painting",
+        "the empty {{detail}} part is tidied away"
+    );
 
     let png = std::fs::read(out.path().join("graded/swatch_00001_.png")).unwrap();
     let bitmap = weft_nodes::image_io::decode_png(&png).unwrap();
@@ -41,7 +48,10 @@ fn the_workflow_runs_and_writes_a_prompt_and_a_graded_image() {
     let expected = rgb.map(|c| ((luma + (c - luma) * 0.5) * 255.0) as i32);
     for (channel, want) in expected.iter().enumerate() {
         let got = i32::from(bitmap.pixels[channel]);
-        assert!((got - want).abs() <= 1, "channel {channel}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1,
+            "channel {channel}: {got} vs {want}"
+        );
     }
 }
 
@@ -49,11 +59,18 @@ fn the_workflow_runs_and_writes_a_prompt_and_a_graded_image() {
 fn a_bad_template_fails_naming_the_node() {
     let registry = registry();
     let mut workflow = Workflow::load(&workflow_path()).unwrap();
-    workflow.apply(&registry, &Assignment::parse("prompt.template={subjct}").unwrap()).unwrap();
+    workflow
+        .apply(
+            &registry,
+            &Assignment::parse("prompt.template={subjct}").unwrap(),
+        )
+        .unwrap();
     let graph = Graph::build(&workflow, &registry).unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut executor = Executor::<B>::new(Default::default(), RunEnv::new(out.path()));
-    let err = executor.run(&graph, &NoEvents, &CancelToken::new()).unwrap_err();
+    let err = executor
+        .run(&graph, &NoEvents, &CancelToken::new())
+        .unwrap_err();
     assert_eq!(
         error_chain(&err),
         "node \"prompt\" (PromptTemplate): unknown placeholder {subjct} at byte 0 (known: {subject}, {style}, {detail})"
@@ -64,13 +81,33 @@ fn a_bad_template_fails_naming_the_node() {
 fn the_five_line_binary_validates_and_runs_the_workflow() {
     let out = tempfile::tempdir().unwrap();
     let binary = env!("CARGO_BIN_EXE_weft-custom");
-    let validate = Command::new(binary).arg("validate").arg(workflow_path()).output().unwrap();
-    assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
-    let run =
-        Command::new(binary).arg("run").arg(workflow_path()).arg("--output-dir").arg(out.path()).output().unwrap();
+    let validate = Command::new(binary)
+        .arg("validate")
+        .arg(workflow_path())
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let run = Command::new(binary)
+        .arg("run")
+        .arg(workflow_path())
+        .arg("--output-dir")
+        .arg(out.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("graded/swatch_00001_.png"), "{stdout}");
-    let nodes = Command::new(binary).args(["nodes", "ColorGrade"]).output().unwrap();
+    let nodes = Command::new(binary)
+        .args(["nodes", "ColorGrade"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&nodes.stdout).contains("output COLOR_GRADE: COLOR_GRADE"));
 }

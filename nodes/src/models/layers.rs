@@ -37,7 +37,10 @@ impl<B: Backend> Linear<B> {
         let bias = |start, len| self.bias.clone().map(|b| b.narrow(0, start, len));
         [
             Linear::new(self.weight.clone().narrow(0, 0, at), bias(0, at)),
-            Linear::new(self.weight.clone().narrow(0, at, d_out - at), bias(at, d_out - at)),
+            Linear::new(
+                self.weight.clone().narrow(0, at, d_out - at),
+                bias(at, d_out - at),
+            ),
         ]
     }
 
@@ -46,7 +49,9 @@ impl<B: Backend> Linear<B> {
         let mut dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
         // One 2-D GEMM over every leading dimension; the transpose is a strided view.
-        let mut y = x.reshape([rows, self.d_in()]).matmul(self.weight.clone().transpose());
+        let mut y = x
+            .reshape([rows, self.d_in()])
+            .matmul(self.weight.clone().transpose());
         if let Some(bias) = &self.bias {
             y = y + bias.clone().unsqueeze::<2>();
         }
@@ -66,7 +71,12 @@ pub struct Conv2d<B: Backend> {
 
 impl<B: Backend> Conv2d<B> {
     pub fn new(weight: Tensor<B, 4>, bias: Tensor<B, 1>, stride: usize, padding: usize) -> Self {
-        Conv2d { weight, bias, stride, padding }
+        Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -77,7 +87,10 @@ impl<B: Backend> Conv2d<B> {
 
 /// Runs `f` on `x` in f32 and casts the result back: statistics and softmax stay f32 when the
 /// activations are f16/bf16 (f16 group norm overflows on large images). A no-op on f32.
-fn in_f32<B: Backend, const D: usize>(x: Tensor<B, D>, f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>) -> Tensor<B, D> {
+fn in_f32<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+) -> Tensor<B, D> {
     let dtype = x.dtype();
     if dtype == DType::F32 {
         return f(x);
@@ -102,7 +115,12 @@ pub struct GroupNorm<B: Backend> {
 
 impl<B: Backend> GroupNorm<B> {
     pub fn new(gamma: Tensor<B, 1>, beta: Tensor<B, 1>, groups: usize, eps: f64) -> Self {
-        GroupNorm { gamma, beta, groups, eps }
+        GroupNorm {
+            gamma,
+            beta,
+            groups,
+            eps,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -135,7 +153,11 @@ pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tens
 }
 
 /// RMS norm over the last dimension, then `* scale` (BFL's `RMSNorm`: statistics in f32).
-pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, scale: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    scale: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
     let normed = in_f32(x, |x| {
         let mean_square = x.clone().square().mean_dim(D - 1);
         x * (mean_square + eps).sqrt().recip()
@@ -159,10 +181,17 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) 
 /// `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`): `[cos(t·f), sin(t·f)]` with
 /// `f_i = exp(-ln(10000)·i/half)`. Computed on the host in f32, in torch's order of operations,
 /// so the angles (up to ~1000 rad) round as they do in the references.
-pub fn timestep_embedding<B: Backend>(t: &[f32], dim: usize, time_factor: f32, device: &B::Device) -> Tensor<B, 2> {
+pub fn timestep_embedding<B: Backend>(
+    t: &[f32],
+    dim: usize,
+    time_factor: f32,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let half = dim / 2;
     let ln_period = 10000f64.ln() as f32;
-    let freqs: Vec<f32> = (0..half).map(|i| (-ln_period * i as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-ln_period * i as f32 / half as f32).exp())
+        .collect();
     let mut out = Vec::with_capacity(t.len() * dim);
     for &ti in t {
         let scaled = ti * time_factor;

@@ -29,22 +29,41 @@ pub enum ModelError {
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("{origin}: no tensor named {name:?}{hint}")]
-    MissingTensor { origin: String, name: String, hint: String },
+    MissingTensor {
+        origin: String,
+        name: String,
+        hint: String,
+    },
     #[error("{origin}: tensor {name:?} has shape {found:?}, expected {expected:?}")]
-    Shape { origin: String, name: String, found: Vec<usize>, expected: Vec<usize> },
+    Shape {
+        origin: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("{origin}: architecture {found:?} is not supported here (supported: {supported})")]
-    UnsupportedArchitecture { origin: String, found: String, supported: String },
+    UnsupportedArchitecture {
+        origin: String,
+        found: String,
+        supported: String,
+    },
     /// The weights exist but do not describe a model we can build (inconsistent widths …).
     #[error("{origin}: {message}")]
     Config { origin: String, message: String },
     /// A forward call got inputs of the wrong shape.
     #[error("{model}: {message}")]
-    Input { model: &'static str, message: String },
+    Input {
+        model: &'static str,
+        message: String,
+    },
 }
 
 impl ModelError {
     pub(crate) fn input(model: &'static str, message: impl Into<String>) -> Self {
-        ModelError::Input { model, message: message.into() }
+        ModelError::Input {
+            model,
+            message: message.into(),
+        }
     }
 }
 
@@ -58,9 +77,17 @@ pub struct LatentFormat {
 
 impl LatentFormat {
     /// Flux (and SD3-style 16-channel VAEs as Flux uses them).
-    pub const FLUX: LatentFormat = LatentFormat { channels: 16, scale: 0.3611, shift: 0.1159 };
+    pub const FLUX: LatentFormat = LatentFormat {
+        channels: 16,
+        scale: 0.3611,
+        shift: 0.1159,
+    };
     /// SD 1.x.
-    pub const SD15: LatentFormat = LatentFormat { channels: 4, scale: 0.18215, shift: 0.0 };
+    pub const SD15: LatentFormat = LatentFormat {
+        channels: 4,
+        scale: 0.18215,
+        shift: 0.0,
+    };
 
     /// The usual format for a VAE with `channels` latent channels. The weights cannot tell SD 1.x
     /// from SDXL (0.13025); the diffusion model, which owns the format in ComfyUI, decides.

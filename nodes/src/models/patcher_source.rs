@@ -28,27 +28,49 @@ impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
     }
 
     fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
-        Box::new(self.patcher.source().tensors().iter().map(|t| t.name.as_str()))
+        Box::new(
+            self.patcher
+                .source()
+                .tensors()
+                .iter()
+                .map(|t| t.name.as_str()),
+        )
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.patcher.source().get(name).map(|t| t.shape.iter().map(|&d| d as usize).collect())
+        self.patcher
+            .source()
+            .get(name)
+            .map(|t| t.shape.iter().map(|&d| d as usize).collect())
     }
 
     fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
-        let weight = self.patcher.float_weight(name).map_err(|e| ModelError::Config {
-            origin: self.origin(),
-            message: format!("weight {name:?}: {e}"),
-        })?;
-        let weight = if weight.dtype() == DType::F32 { weight } else { weight.cast(FloatDType::F32) };
+        let weight = self
+            .patcher
+            .float_weight(name)
+            .map_err(|e| ModelError::Config {
+                origin: self.origin(),
+                message: format!("weight {name:?}: {e}"),
+            })?;
+        let weight = if weight.dtype() == DType::F32 {
+            weight
+        } else {
+            weight.cast(FloatDType::F32)
+        };
         // The patcher's device is the node's device in every loader; a mismatch would be a bug
         // in the caller, and moving is the safe answer.
-        Ok(if &weight.device() == device { weight } else { weight.to_device(device) })
+        Ok(if &weight.device() == device {
+            weight
+        } else {
+            weight.to_device(device)
+        })
     }
 
     fn architecture(&self) -> Option<String> {
         match self.patcher.source().file() {
-            weft_engine::formats::ModelFile::Gguf(f) => f.header().architecture().map(str::to_owned),
+            weft_engine::formats::ModelFile::Gguf(f) => {
+                f.header().architecture().map(str::to_owned)
+            }
             weft_engine::formats::ModelFile::Safetensors(_) => None,
         }
     }

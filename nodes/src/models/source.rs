@@ -38,7 +38,8 @@ impl<B: Backend> TensorSource<B> for ModelFile {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensor(name).map(|t| t.shape.iter().map(|&d| d as usize).collect())
+        self.tensor(name)
+            .map(|t| t.shape.iter().map(|&d| d as usize).collect())
     }
 
     fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
@@ -65,14 +66,29 @@ pub struct Weights<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Weights<'a, B> {
-    pub fn new(source: &'a dyn TensorSource<B>, prefix: impl Into<String>, device: &B::Device) -> Self {
-        Weights { source, prefix: prefix.into(), device: device.clone() }
+    pub fn new(
+        source: &'a dyn TensorSource<B>,
+        prefix: impl Into<String>,
+        device: &B::Device,
+    ) -> Self {
+        Weights {
+            source,
+            prefix: prefix.into(),
+            device: device.clone(),
+        }
     }
 
     /// The first of `prefixes` under which the source holds `marker` (a tensor every file of the
     /// architecture has), if any.
-    pub fn find_prefix<'p>(source: &dyn TensorSource<B>, marker: &str, prefixes: &[&'p str]) -> Option<&'p str> {
-        prefixes.iter().copied().find(|p| source.shape(&format!("{p}{marker}")).is_some())
+    pub fn find_prefix<'p>(
+        source: &dyn TensorSource<B>,
+        marker: &str,
+        prefixes: &[&'p str],
+    ) -> Option<&'p str> {
+        prefixes
+            .iter()
+            .copied()
+            .find(|p| source.shape(&format!("{p}{marker}")).is_some())
     }
 
     pub fn origin(&self) -> String {
@@ -90,7 +106,9 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// The shape of `name`, or an error naming the file and the tensor.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>, ModelError> {
-        self.source.shape(&self.full(name)).ok_or_else(|| self.missing(name))
+        self.source
+            .shape(&self.full(name))
+            .ok_or_else(|| self.missing(name))
     }
 
     /// How many numbered blocks `stem.N.` the source holds (the highest N plus one).
@@ -106,11 +124,18 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// An error for a file whose weights contradict each other.
     pub fn config_error(&self, message: impl Into<String>) -> ModelError {
-        ModelError::Config { origin: self.origin(), message: message.into() }
+        ModelError::Config {
+            origin: self.origin(),
+            message: message.into(),
+        }
     }
 
     /// `name` with exactly the shape `expected`.
-    pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<B, D>, ModelError> {
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+    ) -> Result<Tensor<B, D>, ModelError> {
         self.tensor_as(name, &[&expected], expected)
     }
 
@@ -134,7 +159,12 @@ impl<'a, B: Backend> Weights<'a, B> {
         let values = self.source.load(&self.full(name), &self.device)?;
         if values.dims()[0] != shape.iter().product::<usize>() {
             // A source whose values disagree with its own shape: an error, not a reshape panic.
-            return Err(ModelError::Shape { origin: self.origin(), name: self.full(name), found: values.dims().to_vec(), expected: shape.to_vec() });
+            return Err(ModelError::Shape {
+                origin: self.origin(),
+                name: self.full(name),
+                found: values.dims().to_vec(),
+                expected: shape.to_vec(),
+            });
         }
         Ok(values.reshape(shape))
     }
@@ -147,31 +177,65 @@ impl<'a, B: Backend> Weights<'a, B> {
     }
 
     /// A linear layer whose bias may be absent (`name.bias`).
-    pub fn linear_optional_bias(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
+    pub fn linear_optional_bias(
+        &self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Linear<B>, ModelError> {
         let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
         let bias_name = format!("{name}.bias");
-        let bias = if self.has(&bias_name) { Some(self.tensor(&bias_name, [d_out])?) } else { None };
+        let bias = if self.has(&bias_name) {
+            Some(self.tensor(&bias_name, [d_out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(weight, bias))
     }
 
     /// A channel projection stored either as a linear [c_out, c_in] or a 1x1 conv [c_out, c_in, 1, 1].
-    pub fn projection(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
-        let weight = self.tensor_as(&format!("{name}.weight"), &[&[d_out, d_in], &[d_out, d_in, 1, 1]], [d_out, d_in])?;
+    pub fn projection(
+        &self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Linear<B>, ModelError> {
+        let weight = self.tensor_as(
+            &format!("{name}.weight"),
+            &[&[d_out, d_in], &[d_out, d_in, 1, 1]],
+            [d_out, d_in],
+        )?;
         let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
         Ok(Linear::new(weight, Some(bias)))
     }
 
     /// A square-kernel conv `name.weight` [c_out, c_in, k, k] with `name.bias` [c_out].
-    pub fn conv2d(&self, name: &str, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> Result<Conv2d<B>, ModelError> {
+    pub fn conv2d(
+        &self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d<B>, ModelError> {
         let weight = self.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel])?;
         let bias = self.tensor(&format!("{name}.bias"), [c_out])?;
         Ok(Conv2d::new(weight, bias, stride, padding))
     }
 
     /// A group norm `name.weight`, `name.bias` [channels].
-    pub fn group_norm(&self, name: &str, channels: usize, groups: usize, eps: f64) -> Result<GroupNorm<B>, ModelError> {
+    pub fn group_norm(
+        &self,
+        name: &str,
+        channels: usize,
+        groups: usize,
+        eps: f64,
+    ) -> Result<GroupNorm<B>, ModelError> {
         if groups == 0 || !channels.is_multiple_of(groups) {
-            return Err(self.config_error(format!("{name}: {channels} channels cannot form {groups} groups")));
+            return Err(self.config_error(format!(
+                "{name}: {channels} channels cannot form {groups} groups"
+            )));
         }
         let gamma = self.tensor(&format!("{name}.weight"), [channels])?;
         let beta = self.tensor(&format!("{name}.bias"), [channels])?;
@@ -192,6 +256,10 @@ impl<'a, B: Backend> Weights<'a, B> {
             .filter(|(d, _)| *d <= full.len() / 3 + 2)
             .map(|(_, n)| format!(" (did you mean {n:?}?)"))
             .unwrap_or_default();
-        ModelError::MissingTensor { origin: self.origin(), name: full, hint }
+        ModelError::MissingTensor {
+            origin: self.origin(),
+            name: full,
+            hint,
+        }
     }
 }

@@ -42,33 +42,71 @@ pub struct VaeConfig {
 
 impl VaeConfig {
     pub fn from_weights<B: Backend>(w: &Weights<B>) -> Result<Self, ModelError> {
-        let (has_encoder, has_decoder) = (w.has("encoder.conv_in.weight"), w.has("decoder.conv_in.weight"));
+        let (has_encoder, has_decoder) = (
+            w.has("encoder.conv_in.weight"),
+            w.has("decoder.conv_in.weight"),
+        );
         let dim = |name: &str, axis: usize| -> Result<usize, ModelError> {
             let shape = w.shape(name)?;
-            shape.get(axis).copied().ok_or_else(|| w.config_error(format!("{name} has shape {shape:?}")))
+            shape
+                .get(axis)
+                .copied()
+                .ok_or_else(|| w.config_error(format!("{name} has shape {shape:?}")))
         };
-        let side = if has_decoder { "decoder.up" } else { "encoder.down" };
+        let side = if has_decoder {
+            "decoder.up"
+        } else {
+            "encoder.down"
+        };
         let levels = w.count_blocks(side);
         if levels == 0 {
             return Err(w.config_error(format!("no {side}.N blocks")));
         }
-        let channels = (0..levels).map(|l| dim(&format!("{side}.{l}.block.0.conv2.weight"), 0)).collect::<Result<Vec<_>, _>>()?;
+        let channels = (0..levels)
+            .map(|l| dim(&format!("{side}.{l}.block.0.conv2.weight"), 0))
+            .collect::<Result<Vec<_>, _>>()?;
         let (z_channels, image_channels) = if has_decoder {
-            (dim("decoder.conv_in.weight", 1)?, dim("decoder.conv_out.weight", 0)?)
+            (
+                dim("decoder.conv_in.weight", 1)?,
+                dim("decoder.conv_out.weight", 0)?,
+            )
         } else {
-            (dim("encoder.conv_out.weight", 0)? / 2, dim("encoder.conv_in.weight", 1)?)
+            (
+                dim("encoder.conv_out.weight", 0)? / 2,
+                dim("encoder.conv_in.weight", 1)?,
+            )
         };
         let config = VaeConfig {
             image_channels,
             z_channels,
-            encoder_stem: if has_encoder { dim("encoder.conv_in.weight", 0)? } else { 0 },
-            encoder_blocks: if has_encoder { w.count_blocks("encoder.down.0.block") } else { 0 },
-            decoder_blocks: if has_decoder { w.count_blocks("decoder.up.0.block") } else { 0 },
+            encoder_stem: if has_encoder {
+                dim("encoder.conv_in.weight", 0)?
+            } else {
+                0
+            },
+            encoder_blocks: if has_encoder {
+                w.count_blocks("encoder.down.0.block")
+            } else {
+                0
+            },
+            decoder_blocks: if has_decoder {
+                w.count_blocks("decoder.up.0.block")
+            } else {
+                0
+            },
             quant_conv: w.has("quant_conv.weight") || w.has("post_quant_conv.weight"),
             channels,
         };
-        if config.channels.iter().chain([&config.encoder_stem]).any(|&c| c % GROUPS != 0 && c != 0) {
-            return Err(w.config_error(format!("channel widths {:?} are not multiples of {GROUPS} groups", config.channels)));
+        if config
+            .channels
+            .iter()
+            .chain([&config.encoder_stem])
+            .any(|&c| c % GROUPS != 0 && c != 0)
+        {
+            return Err(w.config_error(format!(
+                "channel widths {:?} are not multiples of {GROUPS} groups",
+                config.channels
+            )));
         }
         Ok(config)
     }
@@ -95,7 +133,11 @@ impl<B: Backend> ResnetBlock<B> {
             conv1: w.conv2d(&format!("{name}.conv1"), c_in, c_out, 3, 1, 1)?,
             norm2: w.group_norm(&format!("{name}.norm2"), c_out, GROUPS, EPS)?,
             conv2: w.conv2d(&format!("{name}.conv2"), c_out, c_out, 3, 1, 1)?,
-            nin_shortcut: if c_in != c_out { Some(w.conv2d(&format!("{name}.nin_shortcut"), c_in, c_out, 1, 1, 0)?) } else { None },
+            nin_shortcut: if c_in != c_out {
+                Some(w.conv2d(&format!("{name}.nin_shortcut"), c_in, c_out, 1, 1, 0)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -134,10 +176,18 @@ impl<B: Backend> AttnBlock<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self.norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let tokens = self
+            .norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
         let heads = |proj: &Linear<B>| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1);
         let out = attention(heads(&self.q), heads(&self.k), heads(&self.v)).reshape([b, h * w, c]);
-        x + self.proj_out.forward(out).swap_dims(1, 2).reshape([b, c, h, w])
+        x + self
+            .proj_out
+            .forward(out)
+            .swap_dims(1, 2)
+            .reshape([b, c, h, w])
     }
 }
 
@@ -158,7 +208,8 @@ impl<B: Backend> MidBlock<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block_2.forward(self.attn_1.forward(self.block_1.forward(x)))
+        self.block_2
+            .forward(self.attn_1.forward(self.block_1.forward(x)))
     }
 }
 
@@ -171,12 +222,33 @@ struct Level<B: Backend> {
 }
 
 impl<B: Backend> Level<B> {
-    fn load(w: &Weights<B>, name: &str, n_blocks: usize, c_in: usize, c_out: usize, resample: Option<(&str, usize)>) -> Result<Self, ModelError> {
+    fn load(
+        w: &Weights<B>,
+        name: &str,
+        n_blocks: usize,
+        c_in: usize,
+        c_out: usize,
+        resample: Option<(&str, usize)>,
+    ) -> Result<Self, ModelError> {
         let blocks = (0..n_blocks)
-            .map(|i| ResnetBlock::load(w, &format!("{name}.block.{i}"), if i == 0 { c_in } else { c_out }, c_out))
+            .map(|i| {
+                ResnetBlock::load(
+                    w,
+                    &format!("{name}.block.{i}"),
+                    if i == 0 { c_in } else { c_out },
+                    c_out,
+                )
+            })
             .collect::<Result<_, _>>()?;
         let resample = match resample {
-            Some((kind, stride)) => Some(w.conv2d(&format!("{name}.{kind}.conv"), c_out, c_out, 3, stride, if stride == 1 { 1 } else { 0 })?),
+            Some((kind, stride)) => Some(w.conv2d(
+                &format!("{name}.{kind}.conv"),
+                c_out,
+                c_out,
+                3,
+                stride,
+                if stride == 1 { 1 } else { 0 },
+            )?),
             None => None,
         };
         Ok(Level { blocks, resample })
@@ -203,12 +275,26 @@ impl<B: Backend> Encoder<B> {
         let mut down = Vec::new();
         for (level, &c_out) in cfg.channels.iter().enumerate() {
             let resample = (level != last).then_some(("downsample", 2));
-            down.push(Level::load(w, &format!("encoder.down.{level}"), cfg.encoder_blocks, c_in, c_out, resample)?);
+            down.push(Level::load(
+                w,
+                &format!("encoder.down.{level}"),
+                cfg.encoder_blocks,
+                c_in,
+                c_out,
+                resample,
+            )?);
             c_in = c_out;
         }
         let top = cfg.channels[last];
         Ok(Encoder {
-            conv_in: w.conv2d("encoder.conv_in", cfg.image_channels, cfg.encoder_stem, 3, 1, 1)?,
+            conv_in: w.conv2d(
+                "encoder.conv_in",
+                cfg.image_channels,
+                cfg.encoder_stem,
+                3,
+                1,
+                1,
+            )?,
             down,
             mid: MidBlock::load(w, "encoder.mid", top)?,
             norm_out: w.group_norm("encoder.norm_out", top, GROUPS, EPS)?,
@@ -248,7 +334,14 @@ impl<B: Backend> Decoder<B> {
         let mut up = Vec::new();
         for (level, &c_out) in cfg.channels.iter().enumerate().rev() {
             let resample = (level != 0).then_some(("upsample", 1));
-            up.push(Level::load(w, &format!("decoder.up.{level}"), cfg.decoder_blocks, c_in, c_out, resample)?);
+            up.push(Level::load(
+                w,
+                &format!("decoder.up.{level}"),
+                cfg.decoder_blocks,
+                c_in,
+                c_out,
+                resample,
+            )?);
             c_in = c_out;
         }
         up.reverse();
@@ -257,7 +350,14 @@ impl<B: Backend> Decoder<B> {
             mid: MidBlock::load(w, "decoder.mid", top)?,
             up,
             norm_out: w.group_norm("decoder.norm_out", cfg.channels[0], GROUPS, EPS)?,
-            conv_out: w.conv2d("decoder.conv_out", cfg.channels[0], cfg.image_channels, 3, 1, 1)?,
+            conv_out: w.conv2d(
+                "decoder.conv_out",
+                cfg.channels[0],
+                cfg.image_channels,
+                3,
+                1,
+                1,
+            )?,
         })
     }
 
@@ -276,7 +376,9 @@ impl<B: Backend> Decoder<B> {
 /// Nearest-neighbour 2x upsampling: each pixel becomes a 2x2 block.
 fn upsample_nearest_2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w])
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
 }
 
 /// An AutoencoderKL; a file may hold only one half (then the other direction is an error).
@@ -294,21 +396,39 @@ impl<B: Backend> Vae<B> {
     /// Finds the prefix, reads the config from the weights and loads both halves present.
     pub fn load(source: &dyn TensorSource<B>, device: &B::Device) -> Result<Self, ModelError> {
         let markers = ["decoder.conv_in.weight", "encoder.conv_in.weight"];
-        let prefix = markers.iter().find_map(|m| Weights::find_prefix(source, m, PREFIXES)).ok_or_else(|| {
-            ModelError::UnsupportedArchitecture {
+        let prefix = markers
+            .iter()
+            .find_map(|m| Weights::find_prefix(source, m, PREFIXES))
+            .ok_or_else(|| ModelError::UnsupportedArchitecture {
                 origin: source.origin(),
-                found: "no AutoencoderKL tensors (decoder.conv_in.weight / encoder.conv_in.weight)".into(),
+                found: "no AutoencoderKL tensors (decoder.conv_in.weight / encoder.conv_in.weight)"
+                    .into(),
                 supported: "AutoencoderKL in ldm/BFL naming (Flux ae.safetensors, SD VAEs)".into(),
-            }
-        })?;
+            })?;
         let w = Weights::new(source, prefix, device);
         let config = VaeConfig::from_weights(&w)?;
         let z = config.z_channels;
         Ok(Vae {
-            encoder: if config.encoder_blocks > 0 { Some(Encoder::load(&w, &config)?) } else { None },
-            decoder: if config.decoder_blocks > 0 { Some(Decoder::load(&w, &config)?) } else { None },
-            quant_conv: if config.quant_conv && config.encoder_blocks > 0 { Some(w.conv2d("quant_conv", 2 * z, 2 * z, 1, 1, 0)?) } else { None },
-            post_quant_conv: if config.quant_conv && config.decoder_blocks > 0 { Some(w.conv2d("post_quant_conv", z, z, 1, 1, 0)?) } else { None },
+            encoder: if config.encoder_blocks > 0 {
+                Some(Encoder::load(&w, &config)?)
+            } else {
+                None
+            },
+            decoder: if config.decoder_blocks > 0 {
+                Some(Decoder::load(&w, &config)?)
+            } else {
+                None
+            },
+            quant_conv: if config.quant_conv && config.encoder_blocks > 0 {
+                Some(w.conv2d("quant_conv", 2 * z, 2 * z, 1, 1, 0)?)
+            } else {
+                None
+            },
+            post_quant_conv: if config.quant_conv && config.decoder_blocks > 0 {
+                Some(w.conv2d("post_quant_conv", z, z, 1, 1, 0)?)
+            } else {
+                None
+            },
             origin: w.origin(),
             config,
         })
@@ -325,10 +445,19 @@ impl<B: Backend> Vae<B> {
 
     /// Raw latent [B, z, h, w] → image [B, C, h·f, w·f], roughly in [-1, 1] (not clamped).
     pub fn decode(&self, z: Tensor<B, 4>) -> Result<Tensor<B, 4>, ModelError> {
-        let decoder = self.decoder.as_ref().ok_or_else(|| self.missing_half("decoder"))?;
+        let decoder = self
+            .decoder
+            .as_ref()
+            .ok_or_else(|| self.missing_half("decoder"))?;
         let [_, c, h, w] = z.dims();
         if c != self.config.z_channels || h == 0 || w == 0 {
-            return Err(ModelError::input("vae", format!("latent [_, {c}, {h}, {w}], expected {} channels", self.config.z_channels)));
+            return Err(ModelError::input(
+                "vae",
+                format!(
+                    "latent [_, {c}, {h}, {w}], expected {} channels",
+                    self.config.z_channels
+                ),
+            ));
         }
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z),
@@ -340,11 +469,20 @@ impl<B: Backend> Vae<B> {
     /// Image [B, C, H, W] in [-1, 1] → raw latent: the mean of the posterior (deterministic, as
     /// ComfyUI's VAEEncode).
     pub fn encode(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, ModelError> {
-        let encoder = self.encoder.as_ref().ok_or_else(|| self.missing_half("encoder"))?;
+        let encoder = self
+            .encoder
+            .as_ref()
+            .ok_or_else(|| self.missing_half("encoder"))?;
         let [_, c, h, w] = x.dims();
         let f = self.config.downscale();
         if c != self.config.image_channels || h < f || w < f {
-            return Err(ModelError::input("vae", format!("image [_, {c}, {h}, {w}], expected {} channels and at least {f}x{f}", self.config.image_channels)));
+            return Err(ModelError::input(
+                "vae",
+                format!(
+                    "image [_, {c}, {h}, {w}], expected {} channels and at least {f}x{f}",
+                    self.config.image_channels
+                ),
+            ));
         }
         let moments = encoder.forward(x);
         let moments = match &self.quant_conv {
@@ -355,6 +493,9 @@ impl<B: Backend> Vae<B> {
     }
 
     fn missing_half(&self, half: &str) -> ModelError {
-        ModelError::Config { origin: self.origin.clone(), message: format!("this VAE file has no {half}") }
+        ModelError::Config {
+            origin: self.origin.clone(),
+            message: format!("this VAE file has no {half}"),
+        }
     }
 }

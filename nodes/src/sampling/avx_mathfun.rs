@@ -72,7 +72,11 @@ pub fn log_ps(x: f32) -> f32 {
     y = (-z).mul_add(0.5, y);
     x += y;
     x = e.mul_add(LOG_Q2, x);
-    if invalid { f32::from_bits(x.to_bits() | 0xffff_ffff) } else { x }
+    if invalid {
+        f32::from_bits(x.to_bits() | 0xffff_ffff)
+    } else {
+        x
+    }
 }
 
 /// `sincos256_ps` for one lane: `(sin x, cos x)`.
@@ -110,7 +114,10 @@ pub fn sincos_ps(x: f32) -> (f32, f32) {
     let y = y - ysin1;
     let sin = ysin2 + ysin1;
     let cos = y2 + y;
-    (f32::from_bits(sin.to_bits() ^ sign_sin), f32::from_bits(cos.to_bits() ^ sign_cos))
+    (
+        f32::from_bits(sin.to_bits() ^ sign_sin),
+        f32::from_bits(cos.to_bits() ^ sign_cos),
+    )
 }
 
 /// `NormalFill16<float>` on every complete block of 16 values of `data`: 16 uniforms in [0, 1)
@@ -162,11 +169,20 @@ mod tests {
         for i in 1..=4096 {
             let x = i as f32 / 4096.0;
             let exact = f64::from(x).ln();
-            assert!((f64::from(log_ps(x)) - exact).abs() <= 2e-7 * exact.abs().max(1.0), "log {x}");
+            assert!(
+                (f64::from(log_ps(x)) - exact).abs() <= 2e-7 * exact.abs().max(1.0),
+                "log {x}"
+            );
             let theta = TWO_PI * x;
             let (sin, cos) = sincos_ps(theta);
-            assert!((f64::from(sin) - f64::from(theta).sin()).abs() < 2e-7, "sin {theta}");
-            assert!((f64::from(cos) - f64::from(theta).cos()).abs() < 2e-7, "cos {theta}");
+            assert!(
+                (f64::from(sin) - f64::from(theta).sin()).abs() < 2e-7,
+                "sin {theta}"
+            );
+            assert!(
+                (f64::from(cos) - f64::from(theta).cos()).abs() < 2e-7,
+                "cos {theta}"
+            );
         }
         assert!(log_ps(0.0).is_nan() && log_ps(-1.0).is_nan());
     }

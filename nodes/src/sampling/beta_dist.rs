@@ -23,7 +23,10 @@ fn ln_gamma(x: f64) -> f64 {
         return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
     }
     let x = x - 1.0;
-    let sum = COEFFS[1..].iter().enumerate().fold(COEFFS[0], |acc, (i, c)| acc + c / (x + i as f64 + 1.0));
+    let sum = COEFFS[1..]
+        .iter()
+        .enumerate()
+        .fold(COEFFS[0], |acc, (i, c)| acc + c / (x + i as f64 + 1.0));
     let t = x + 7.5;
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
 }

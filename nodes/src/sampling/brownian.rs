@@ -62,10 +62,14 @@ impl SeedSequence {
             value ^ (value >> XSHIFT)
         };
         let mix = |x: u32, y: u32| {
-            let result = MIX_MULT_L.wrapping_mul(x).wrapping_sub(MIX_MULT_R.wrapping_mul(y));
+            let result = MIX_MULT_L
+                .wrapping_mul(x)
+                .wrapping_sub(MIX_MULT_R.wrapping_mul(y));
             result ^ (result >> XSHIFT)
         };
-        let mut pool: Vec<u32> = (0..pool_size).map(|i| hashmix(entropy_array.get(i).copied().unwrap_or(0))).collect();
+        let mut pool: Vec<u32> = (0..pool_size)
+            .map(|i| hashmix(entropy_array.get(i).copied().unwrap_or(0)))
+            .collect();
         for src in 0..pool_size {
             for dst in 0..pool_size {
                 if src != dst {
@@ -145,7 +149,13 @@ impl BrownianTree {
         let mut top_w = TorchGenerator::manual_seed(u64::from(states[0])).randn(&[numel]);
         let scale = (t1 - t0).sqrt() as f32;
         top_w.iter_mut().for_each(|w| *w *= scale);
-        let top = Interval { start: round6(t0), end: round6(t1), parent: TOP, is_left: false, split: None };
+        let top = Interval {
+            start: round6(t0),
+            end: round6(t1),
+            parent: TOP,
+            is_left: false,
+            split: None,
+        };
         Self {
             entropy: seed,
             numel,
@@ -161,10 +171,21 @@ impl BrownianTree {
     pub fn increment(&mut self, ta: f64, tb: f64) -> Result<Vec<f32>, SamplingError> {
         let (start, end) = (self.intervals[TOP].start, self.intervals[TOP].end);
         // torchsde warns and clamps queries outside [t0, t1].
-        let clamp = |t: f64| if t < start { start } else if t > end { end } else { t };
+        let clamp = |t: f64| {
+            if t < start {
+                start
+            } else if t > end {
+                end
+            } else {
+                t
+            }
+        };
         let (ta, tb) = (clamp(ta), clamp(tb));
         if ta > tb {
-            return Err(SamplingError::invalid("brownian tree", format!("query times {ta} > {tb}")));
+            return Err(SamplingError::invalid(
+                "brownian tree",
+                format!("query times {ta} > {tb}"),
+            ));
         }
         if ta == tb {
             return Ok(vec![0.0; self.numel]);
@@ -172,7 +193,10 @@ impl BrownianTree {
         let mut found = Vec::new();
         self.locate(self.last_interval, round6(ta), round6(tb), &mut found, 0)?;
         let Some(&last) = found.last() else {
-            return Err(SamplingError::invalid("brownian tree", format!("no interval for [{ta}, {tb}]")));
+            return Err(SamplingError::invalid(
+                "brownian tree",
+                format!("no interval for [{ta}, {tb}]"),
+            ));
         };
         self.last_interval = last;
         let mut w = self.w(found[0]).as_ref().clone();
@@ -184,7 +208,14 @@ impl BrownianTree {
     }
 
     /// `_loc_inner`: appends the intervals that tile `[ta, tb]`, splitting as needed.
-    fn locate(&mut self, mut node: usize, mut ta: f64, tb: f64, out: &mut Vec<usize>, depth: u64) -> Result<(), SamplingError> {
+    fn locate(
+        &mut self,
+        mut node: usize,
+        mut ta: f64,
+        tb: f64,
+        out: &mut Vec<usize>,
+        depth: u64,
+    ) -> Result<(), SamplingError> {
         for _ in 0..MAX_DEPTH * 4 {
             let interval = &self.intervals[node];
             if ta < interval.start || tb > interval.end {
@@ -219,11 +250,17 @@ impl BrownianTree {
                 ta = midway;
             }
         }
-        Err(SamplingError::invalid("brownian tree", format!("could not locate [{ta}, {tb}]")))
+        Err(SamplingError::invalid(
+            "brownian tree",
+            format!("could not locate [{ta}, {tb}]"),
+        ))
     }
 
     fn children(&self, node: usize) -> (usize, usize) {
-        self.intervals[node].split.as_ref().map_or((node, node), |s| (s.left, s.right))
+        self.intervals[node]
+            .split
+            .as_ref()
+            .map_or((node, node), |s| (s.left, s.right))
     }
 
     /// `_split` of a halfway tree: split at the (rounded) middle, then keep splitting the child
@@ -232,7 +269,13 @@ impl BrownianTree {
         for _ in 0..MAX_DEPTH {
             let middle = 0.5 * (self.intervals[node].end + self.intervals[node].start);
             self.split_exact(node, middle)?;
-            let (at, (left, right)) = (self.intervals[node].split.as_ref().map_or(midway, |s| s.midway), self.children(node));
+            let (at, (left, right)) = (
+                self.intervals[node]
+                    .split
+                    .as_ref()
+                    .map_or(midway, |s| s.midway),
+                self.children(node),
+            );
             if midway > at {
                 node = right;
             } else if midway < at {
@@ -241,7 +284,10 @@ impl BrownianTree {
                 return Ok(());
             }
         }
-        Err(SamplingError::invalid("brownian tree", format!("splitting toward {midway} does not converge")))
+        Err(SamplingError::invalid(
+            "brownian tree",
+            format!("splitting toward {midway} does not converge"),
+        ))
     }
 
     fn split_exact(&mut self, node: usize, midway: f64) -> Result<(), SamplingError> {
@@ -249,20 +295,49 @@ impl BrownianTree {
             (0, 0)
         } else {
             let interval = &self.intervals[node];
-            let parent = self.intervals[interval.parent].split.as_ref().map_or((0, 0), |s| (s.spawn_key, s.depth));
+            let parent = self.intervals[interval.parent]
+                .split
+                .as_ref()
+                .map_or((0, 0), |s| (s.spawn_key, s.depth));
             // Python's keys are unbounded; 63 levels are 1e-6 steps over a range of 9e12.
-            let key = parent.0.checked_mul(2).and_then(|k| k.checked_add(u64::from(!interval.is_left)));
+            let key = parent
+                .0
+                .checked_mul(2)
+                .and_then(|k| k.checked_add(u64::from(!interval.is_left)));
             let Some(key) = key else {
-                return Err(SamplingError::invalid("brownian tree", "deeper than 63 levels (sigmas too far apart)"));
+                return Err(SamplingError::invalid(
+                    "brownian tree",
+                    "deeper than 63 levels (sigmas too far apart)",
+                ));
             };
             (key, parent.1 + 1)
         };
-        let w_seed = SeedSequence::new(self.entropy, &[spawn_key, depth], POOL_SIZE).generate_state(4)[0];
+        let w_seed =
+            SeedSequence::new(self.entropy, &[spawn_key, depth], POOL_SIZE).generate_state(4)[0];
         let (start, end) = (self.intervals[node].start, self.intervals[node].end);
         let left = self.intervals.len();
-        self.intervals.push(Interval { start: round6(start), end: round6(midway), parent: node, is_left: true, split: None });
-        self.intervals.push(Interval { start: round6(midway), end: round6(end), parent: node, is_left: false, split: None });
-        self.intervals[node].split = Some(Split { midway: round6(midway), spawn_key, depth, w_seed, left, right: left + 1 });
+        self.intervals.push(Interval {
+            start: round6(start),
+            end: round6(midway),
+            parent: node,
+            is_left: true,
+            split: None,
+        });
+        self.intervals.push(Interval {
+            start: round6(midway),
+            end: round6(end),
+            parent: node,
+            is_left: false,
+            split: None,
+        });
+        self.intervals[node].split = Some(Split {
+            midway: round6(midway),
+            spawn_key,
+            depth,
+            w_seed,
+            left,
+            right: left + 1,
+        });
         Ok(())
     }
 
@@ -299,7 +374,9 @@ impl BrownianTree {
     fn bridge(&self, node: usize, parent_w: &[f32]) -> Vec<f32> {
         let interval = &self.intervals[node];
         let parent = &self.intervals[interval.parent];
-        let Some(split) = &parent.split else { return parent_w.to_vec() };
+        let Some(split) = &parent.split else {
+            return parent_w.to_vec();
+        };
         let h_reciprocal = 1.0 / (parent.end - parent.start);
         let left_diff = split.midway - parent.start;
         let right_diff = parent.end - split.midway;
@@ -308,7 +385,11 @@ impl BrownianTree {
         let (left_diff, h_reciprocal) = (left_diff as f32, h_reciprocal as f32);
         for (value, &wp) in w.iter_mut().zip(parent_w) {
             let left_w = left_diff * wp * h_reciprocal + std * *value;
-            *value = if interval.is_left { left_w } else { wp - left_w };
+            *value = if interval.is_left {
+                left_w
+            } else {
+                wp - left_w
+            };
         }
         w
     }
@@ -325,21 +406,43 @@ pub struct BrownianTreeNoiseSampler<B: Backend> {
 
 impl<B: Backend> BrownianTreeNoiseSampler<B> {
     /// A tree over `[sigma_min, sigma_max]` seeded with the KSampler seed.
-    pub fn new(sigma_min: f32, sigma_max: f32, seed: u64, shape: [usize; 4], device: &B::Device) -> Self {
-        let (t0, t1, sign) = if sigma_min < sigma_max { (sigma_min, sigma_max, 1.0) } else { (sigma_max, sigma_min, -1.0) };
+    pub fn new(
+        sigma_min: f32,
+        sigma_max: f32,
+        seed: u64,
+        shape: [usize; 4],
+        device: &B::Device,
+    ) -> Self {
+        let (t0, t1, sign) = if sigma_min < sigma_max {
+            (sigma_min, sigma_max, 1.0)
+        } else {
+            (sigma_max, sigma_min, -1.0)
+        };
         let numel = shape.iter().product();
-        Self { tree: BrownianTree::new(f64::from(t0), f64::from(t1), seed, numel), sign, shape, device: device.clone() }
+        Self {
+            tree: BrownianTree::new(f64::from(t0), f64::from(t1), seed, numel),
+            sign,
+            shape,
+            device: device.clone(),
+        }
     }
 }
 
 impl<B: Backend> NoiseSampler<B> for BrownianTreeNoiseSampler<B> {
     fn sample(&mut self, sigma: f32, sigma_next: f32) -> Result<Tensor<B, 4>, SamplingError> {
-        let (t0, t1, sign) = if sigma < sigma_next { (sigma, sigma_next, 1.0) } else { (sigma_next, sigma, -1.0) };
+        let (t0, t1, sign) = if sigma < sigma_next {
+            (sigma, sigma_next, 1.0)
+        } else {
+            (sigma_next, sigma, -1.0)
+        };
         let mut w = self.tree.increment(f64::from(t0), f64::from(t1))?;
         let scale = (sigma_next - sigma).abs().sqrt();
         let flip = self.sign * sign;
         w.iter_mut().for_each(|v| *v = (*v * flip) / scale);
-        Ok(Tensor::from_data(TensorData::new(w, self.shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(w, self.shape),
+            &self.device,
+        ))
     }
 }
 
@@ -350,8 +453,14 @@ mod tests {
     #[test]
     fn seed_sequence_matches_numpy() {
         // np.random.SeedSequence(entropy, spawn_key=..., pool_size=24).generate_state(n)
-        assert_eq!(SeedSequence::new(42, &[], 24).generate_state(3), [387_750_627, 2_536_650_517, 4_078_839_648]);
-        assert_eq!(SeedSequence::new(0, &[0, 0], 24).generate_state(4), [245_430_115, 3_436_620_678, 4_120_055_464, 1_627_243_804]);
+        assert_eq!(
+            SeedSequence::new(42, &[], 24).generate_state(3),
+            [387_750_627, 2_536_650_517, 4_078_839_648]
+        );
+        assert_eq!(
+            SeedSequence::new(0, &[0, 0], 24).generate_state(4),
+            [245_430_115, 3_436_620_678, 4_120_055_464, 1_627_243_804]
+        );
         assert_eq!(
             SeedSequence::new(123_456_789_012_345, &[5, 3], 24).generate_state(4),
             [184_000_377, 2_593_205_368, 3_726_529_454, 1_433_651_157]
@@ -360,7 +469,11 @@ mod tests {
 
     #[test]
     fn round6_is_pythons_round() {
-        assert_eq!(round6(0.0078125), 0.007812, "ties go to even, on the exact binary value");
+        assert_eq!(
+            round6(0.0078125),
+            0.007812,
+            "ties go to even, on the exact binary value"
+        );
         assert_eq!(round6(14.614640235900879), 14.61464);
         assert_eq!(round6(2.5e-7), 0.0);
     }

@@ -46,7 +46,9 @@ pub mod torch_math;
 pub mod torch_rng;
 
 pub use model_sampling::{ModelSampling, Parameterization};
-pub use samplers::{CfgDenoiser, Denoiser, Guidance, NoiseSampler, SamplerHooks, SamplerKind, SamplerRun, StepInfo};
+pub use samplers::{
+    CfgDenoiser, Denoiser, Guidance, NoiseSampler, SamplerHooks, SamplerKind, SamplerRun, StepInfo,
+};
 pub use schedulers::{Scheduler, ksampler_sigmas};
 pub use torch_rng::{TorchGenerator, prepare_noise, torch_randn};
 
@@ -92,7 +94,11 @@ impl fmt::Display for SamplingError {
                 write!(f, "unknown {what} \"{name}\"; known: {}", known.join(", "))
             }
             Self::InvalidParameter { name, reason } => write!(f, "{name}: {reason}"),
-            Self::ShapeMismatch { what, expected, found } => {
+            Self::ShapeMismatch {
+                what,
+                expected,
+                found,
+            } => {
                 write!(f, "{what}: expected shape {expected:?}, found {found:?}")
             }
             Self::Cancelled => write!(f, "cancelled"),
@@ -112,6 +118,9 @@ impl std::error::Error for SamplingError {
 
 impl SamplingError {
     pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidParameter { name, reason: reason.into() }
+        Self::InvalidParameter {
+            name,
+            reason: reason.into(),
+        }
     }
 }

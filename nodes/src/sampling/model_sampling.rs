@@ -65,7 +65,10 @@ fn check_shift(shift: f64) -> Result<(), SamplingError> {
     if shift.is_finite() && shift > 0.0 {
         Ok(())
     } else {
-        Err(SamplingError::invalid("shift", format!("{shift} is not a positive number")))
+        Err(SamplingError::invalid(
+            "shift",
+            format!("{shift} is not a positive number"),
+        ))
     }
 }
 
@@ -95,16 +98,23 @@ impl ModelSampling {
         linear_end: f64,
     ) -> Result<Self, SamplingError> {
         if timesteps < 2 {
-            return Err(SamplingError::invalid("timesteps", format!("{timesteps} is fewer than 2")));
+            return Err(SamplingError::invalid(
+                "timesteps",
+                format!("{timesteps} is fewer than 2"),
+            ));
         }
         let valid = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
         if !valid(linear_start) || !valid(linear_end) {
-            return Err(SamplingError::invalid("betas", format!("{linear_start}..{linear_end} is not inside (0, 1)")));
+            return Err(SamplingError::invalid(
+                "betas",
+                format!("{linear_start}..{linear_end} is not inside (0, 1)"),
+            ));
         }
         let betas: Vec<f64> = match schedule {
-            BetaSchedule::Linear => {
-                linspace_f64(linear_start.sqrt(), linear_end.sqrt(), timesteps).into_iter().map(|b| b * b).collect()
-            }
+            BetaSchedule::Linear => linspace_f64(linear_start.sqrt(), linear_end.sqrt(), timesteps)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
             BetaSchedule::SqrtLinear => linspace_f64(linear_start, linear_end, timesteps),
         };
         let mut alphas_cumprod = 1.0;
@@ -116,13 +126,23 @@ impl ModelSampling {
             sigmas.push(sigma as f32);
             log_sigmas.push(sigma.ln() as f32);
         }
-        Ok(Self { parameterization, table: Table::Discrete { log_sigmas }, sigmas })
+        Ok(Self {
+            parameterization,
+            table: Table::Discrete { log_sigmas },
+            sigmas,
+        })
     }
 
     /// SD 1.x / SDXL: EPS, ComfyUI's `"linear"` betas from 0.00085 to 0.012 over 1000 steps.
     pub fn sd1() -> Self {
-        Self::discrete(Parameterization::Eps, BetaSchedule::Linear, 1000, 0.00085, 0.012)
-            .unwrap_or_else(|_| unreachable!("a constant, valid schedule"))
+        Self::discrete(
+            Parameterization::Eps,
+            BetaSchedule::Linear,
+            1000,
+            0.00085,
+            0.012,
+        )
+        .unwrap_or_else(|_| unreachable!("a constant, valid schedule"))
     }
 
     /// `ModelSamplingDiscreteFlow` + `CONST`, as the `ModelSamplingSD3` node builds it (multiplier
@@ -130,7 +150,10 @@ impl ModelSampling {
     pub fn discrete_flow(shift: f64, multiplier: f64) -> Result<Self, SamplingError> {
         check_shift(shift)?;
         if !(multiplier.is_finite() && multiplier > 0.0) {
-            return Err(SamplingError::invalid("multiplier", format!("{multiplier} is not a positive number")));
+            return Err(SamplingError::invalid(
+                "multiplier",
+                format!("{multiplier} is not a positive number"),
+            ));
         }
         let sigmas = (1..=1000u32)
             .map(|i| {
@@ -138,15 +161,25 @@ impl ModelSampling {
                 time_snr_shift_f32(shift, timestep / multiplier as f32)
             })
             .collect();
-        Ok(Self { parameterization: Parameterization::Const, table: Table::DiscreteFlow { shift, multiplier }, sigmas })
+        Ok(Self {
+            parameterization: Parameterization::Const,
+            table: Table::DiscreteFlow { shift, multiplier },
+            sigmas,
+        })
     }
 
     /// `ModelSamplingFlux` + `CONST`. Flux dev's own default is shift 1.15, schnell's 1.0; the
     /// `ModelSamplingFlux` node sets [`flux_shift`] of the image size.
     pub fn flux(shift: f64) -> Result<Self, SamplingError> {
         check_shift(shift)?;
-        let sigmas = (1..=10000u32).map(|i| flux_time_shift_f32(shift, i as f32 / 10000.0)).collect();
-        Ok(Self { parameterization: Parameterization::Const, table: Table::Flux { shift }, sigmas })
+        let sigmas = (1..=10000u32)
+            .map(|i| flux_time_shift_f32(shift, i as f32 / 10000.0))
+            .collect();
+        Ok(Self {
+            parameterization: Parameterization::Const,
+            table: Table::Flux { shift },
+            sigmas,
+        })
     }
 
     /// The parameterization.
@@ -204,7 +237,9 @@ impl ModelSampling {
                 let log_sigma = (1.0 - w) * log_sigmas[low] + w * log_sigmas[high];
                 torch_math::exp(log_sigma)
             }
-            Table::DiscreteFlow { shift, multiplier } => time_snr_shift_f32(*shift, timestep / *multiplier as f32),
+            Table::DiscreteFlow { shift, multiplier } => {
+                time_snr_shift_f32(*shift, timestep / *multiplier as f32)
+            }
             Table::Flux { shift } => flux_time_shift_f32(*shift, timestep),
         }
     }
@@ -242,18 +277,28 @@ impl ModelSampling {
     /// `x / sqrt(sigma² + 1)`, flow models `x` itself.
     pub fn calculate_input<B: Backend>(&self, sigma: f32, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self.parameterization {
-            Parameterization::Eps | Parameterization::VPrediction => x.div_scalar((sigma * sigma + 1.0).sqrt()),
+            Parameterization::Eps | Parameterization::VPrediction => {
+                x.div_scalar((sigma * sigma + 1.0).sqrt())
+            }
             Parameterization::Const => x,
         }
     }
 
     /// The denoised estimate from the model's output (`calculate_denoised`).
-    pub fn calculate_denoised<B: Backend>(&self, sigma: f32, model_output: Tensor<B, 4>, model_input: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn calculate_denoised<B: Backend>(
+        &self,
+        sigma: f32,
+        model_output: Tensor<B, 4>,
+        model_input: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
         match self.parameterization {
-            Parameterization::Eps | Parameterization::Const => model_input - model_output.mul_scalar(sigma),
+            Parameterization::Eps | Parameterization::Const => {
+                model_input - model_output.mul_scalar(sigma)
+            }
             Parameterization::VPrediction => {
                 let variance = sigma * sigma + 1.0;
-                model_input.div_scalar(variance) - model_output.mul_scalar(sigma).div_scalar(variance.sqrt())
+                model_input.div_scalar(variance)
+                    - model_output.mul_scalar(sigma).div_scalar(variance.sqrt())
             }
         }
     }
@@ -261,18 +306,34 @@ impl ModelSampling {
     /// The starting latent from unit noise (`noise_scaling`): EPS/V `noise·sigma + latent` (or
     /// `noise·sqrt(1 + sigma²) + latent` when starting from the largest sigma), flow models
     /// `sigma·noise + (1 - sigma)·latent`.
-    pub fn noise_scaling<B: Backend>(&self, sigma: f32, noise: Tensor<B, 4>, latent_image: Tensor<B, 4>, max_denoise: bool) -> Tensor<B, 4> {
+    pub fn noise_scaling<B: Backend>(
+        &self,
+        sigma: f32,
+        noise: Tensor<B, 4>,
+        latent_image: Tensor<B, 4>,
+        max_denoise: bool,
+    ) -> Tensor<B, 4> {
         match self.parameterization {
             Parameterization::Eps | Parameterization::VPrediction => {
-                let scale = if max_denoise { (1.0 + sigma * sigma).sqrt() } else { sigma };
+                let scale = if max_denoise {
+                    (1.0 + sigma * sigma).sqrt()
+                } else {
+                    sigma
+                };
                 noise.mul_scalar(scale) + latent_image
             }
-            Parameterization::Const => noise.mul_scalar(sigma) + latent_image.mul_scalar(1.0 - sigma),
+            Parameterization::Const => {
+                noise.mul_scalar(sigma) + latent_image.mul_scalar(1.0 - sigma)
+            }
         }
     }
 
     /// Undoes [`noise_scaling`](Self::noise_scaling) at the end of sampling (`inverse_noise_scaling`).
-    pub fn inverse_noise_scaling<B: Backend>(&self, sigma: f32, latent: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn inverse_noise_scaling<B: Backend>(
+        &self,
+        sigma: f32,
+        latent: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
         match self.parameterization {
             Parameterization::Eps | Parameterization::VPrediction => latent,
             Parameterization::Const => latent.div_scalar(1.0 - sigma),

@@ -67,17 +67,23 @@ impl Scheduler {
 
     /// The scheduler of a ComfyUI name.
     pub fn from_name(name: &str) -> Result<Self, SamplingError> {
-        Self::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| SamplingError::UnknownName {
-            what: "scheduler",
-            name: name.to_owned(),
-            known: Self::ALL.iter().map(|s| s.name()).collect(),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| SamplingError::UnknownName {
+                what: "scheduler",
+                name: name.to_owned(),
+                known: Self::ALL.iter().map(|s| s.name()).collect(),
+            })
     }
 
     /// `calculate_sigmas(model_sampling, scheduler, steps)`: the run's sigmas, ending in 0.
     pub fn sigmas(self, ms: &ModelSampling, steps: usize) -> Result<Vec<f32>, SamplingError> {
         if steps == 0 || steps > MAX_STEPS {
-            return Err(SamplingError::invalid("steps", format!("{steps} is not in 1..={MAX_STEPS}")));
+            return Err(SamplingError::invalid(
+                "steps",
+                format!("{steps} is not in 1..={MAX_STEPS}"),
+            ));
         }
         let (sigma_min, sigma_max) = (f64::from(ms.sigma_min()), f64::from(ms.sigma_max()));
         Ok(match self {
@@ -91,7 +97,10 @@ impl Scheduler {
             Self::LinearQuadratic => linear_quadratic(ms, steps, 0.025),
             Self::KlOptimal => {
                 if steps < 2 {
-                    return Err(SamplingError::invalid("steps", "kl_optimal needs at least 2 steps (ComfyUI divides by steps - 1)"));
+                    return Err(SamplingError::invalid(
+                        "steps",
+                        "kl_optimal needs at least 2 steps (ComfyUI divides by steps - 1)",
+                    ));
                 }
                 kl_optimal(steps, sigma_min, sigma_max)
             }
@@ -131,7 +140,10 @@ pub fn ksampler_sigmas(
     }
     let new_steps = steps as f64 / denoise;
     if new_steps > MAX_STEPS as f64 {
-        return Err(SamplingError::invalid("denoise", format!("{denoise} stretches {steps} steps past {MAX_STEPS}")));
+        return Err(SamplingError::invalid(
+            "denoise",
+            format!("{denoise} stretches {steps} steps past {MAX_STEPS}"),
+        ));
     }
     let new_steps = new_steps as usize;
     let sigmas = calculate(new_steps)?;
@@ -142,7 +154,9 @@ pub fn ksampler_sigmas(
 fn simple(ms: &ModelSampling, steps: usize) -> Vec<f32> {
     let table = ms.sigmas();
     let stride = table.len() as f64 / steps as f64;
-    let mut sigmas: Vec<f32> = (0..steps).map(|x| table[table.len() - 1 - (x as f64 * stride) as usize]).collect();
+    let mut sigmas: Vec<f32> = (0..steps)
+        .map(|x| table[table.len() - 1 - (x as f64 * stride) as usize])
+        .collect();
     sigmas.push(0.0);
     sigmas
 }
@@ -185,8 +199,10 @@ pub fn karras(steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f32
 
 /// `get_sigmas_exponential`: `exp` of a float32 linspace from `ln sigma_max` to `ln sigma_min`.
 pub fn exponential(steps: usize, sigma_min: f64, sigma_max: f64) -> Vec<f32> {
-    let mut sigmas: Vec<f32> =
-        linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, steps).into_iter().map(torch_math::exp).collect();
+    let mut sigmas: Vec<f32> = linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, steps)
+        .into_iter()
+        .map(torch_math::exp)
+        .collect();
     sigmas.push(0.0);
     sigmas
 }
@@ -230,7 +246,9 @@ fn linear_quadratic(ms: &ModelSampling, steps: usize, threshold_noise: f64) -> V
     } else {
         let linear_steps = steps / 2;
         let (ls, n) = (linear_steps as f64, steps as f64);
-        let mut schedule: Vec<f64> = (0..linear_steps).map(|i| i as f64 * threshold_noise / ls).collect();
+        let mut schedule: Vec<f64> = (0..linear_steps)
+            .map(|i| i as f64 * threshold_noise / ls)
+            .collect();
         let step_diff = ls - threshold_noise * n;
         let quadratic_steps = (steps - linear_steps) as f64;
         let quadratic_coef = step_diff / (ls * quadratic_steps.powi(2));

@@ -16,7 +16,13 @@ pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .map(|i| {
+            if i < halfway {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((steps - 1 - i) as f32, end)
+            }
+        })
         .collect()
 }
 
@@ -28,7 +34,13 @@ pub fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
     let step = (end - start) / (steps - 1) as f64;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f64, start) } else { (-step).mul_add((steps - 1 - i) as f64, end) })
+        .map(|i| {
+            if i < halfway {
+                step.mul_add(i as f64, start)
+            } else {
+                (-step).mul_add((steps - 1 - i) as f64, end)
+            }
+        })
         .collect()
 }
 

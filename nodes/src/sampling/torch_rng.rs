@@ -36,7 +36,9 @@ impl Mt19937 {
         state[0] = seed as u32;
         for j in 1..MT_N {
             let prev = state[j - 1];
-            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
+            state[j] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(j as u32);
         }
         Self { state, index: MT_N }
     }
@@ -85,7 +87,10 @@ pub struct TorchGenerator {
 impl TorchGenerator {
     /// `torch.manual_seed(seed)`: a fresh engine and no cached normal.
     pub fn manual_seed(seed: u64) -> Self {
-        Self { engine: Mt19937::new(seed), next_double_normal: None }
+        Self {
+            engine: Mt19937::new(seed),
+            next_double_normal: None,
+        }
     }
 
     /// `CPUGeneratorImpl::random`: 32 bits.
@@ -165,7 +170,11 @@ pub const MAX_BATCH_INDEX: usize = 65_536;
 /// the whole `[batch, ...]` shape; with one (a latent's `batch_index`), one generator draws a
 /// single latent's noise `max(index) + 1` times and latent `k` gets draw `batch_index[k]`, so a
 /// latent keeps its noise when the batch around it changes.
-pub fn prepare_noise(seed: u64, shape: &[usize], batch_index: Option<&[usize]>) -> Result<Vec<f32>, SamplingError> {
+pub fn prepare_noise(
+    seed: u64,
+    shape: &[usize],
+    batch_index: Option<&[usize]>,
+) -> Result<Vec<f32>, SamplingError> {
     let Some(indices) = batch_index else {
         return Ok(torch_randn(seed, shape));
     };
@@ -173,11 +182,17 @@ pub fn prepare_noise(seed: u64, shape: &[usize], batch_index: Option<&[usize]>) 
         return Err(SamplingError::invalid("shape", "has no batch dimension"));
     };
     if indices.len() != batch {
-        return Err(SamplingError::invalid("batch_index", format!("has {} entries for a batch of {batch}", indices.len())));
+        return Err(SamplingError::invalid(
+            "batch_index",
+            format!("has {} entries for a batch of {batch}", indices.len()),
+        ));
     }
     let max = indices.iter().copied().max().unwrap_or(0);
     if max >= MAX_BATCH_INDEX {
-        return Err(SamplingError::invalid("batch_index", format!("{max} is above {}", MAX_BATCH_INDEX - 1)));
+        return Err(SamplingError::invalid(
+            "batch_index",
+            format!("{max} is above {}", MAX_BATCH_INDEX - 1),
+        ));
     }
     let draws = if indices.is_empty() { 0 } else { max + 1 };
     let mut generator = TorchGenerator::manual_seed(seed);
@@ -211,7 +226,10 @@ mod tests {
     #[test]
     fn randn_starts_like_torch_seed_0() {
         // torch.manual_seed(0); torch.randn(16)[:4]
-        let got: Vec<u32> = torch_randn(0, &[16])[..4].iter().map(|v| v.to_bits()).collect();
+        let got: Vec<u32> = torch_randn(0, &[16])[..4]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
         assert_eq!(got, [0xbf90_1b85, 0xbf93_808a, 0xbe80_4bd6, 0xbede_255d]);
     }
 }

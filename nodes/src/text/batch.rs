@@ -74,9 +74,14 @@ impl ChunkLayout {
         prompt: &str,
         mut encode: impl FnMut(&str) -> Result<Vec<u32>, TextError>,
     ) -> Result<Vec<TokenChunk>, TextError> {
-        let room = self.max_length.saturating_sub(1 + usize::from(self.start.is_some()));
+        let room = self
+            .max_length
+            .saturating_sub(1 + usize::from(self.start.is_some()));
         if room == 0 {
-            return Err(TextError::Layout(format!("max_length {} leaves no room for tokens", self.max_length)));
+            return Err(TextError::Layout(format!(
+                "max_length {} leaves no room for tokens",
+                self.max_length
+            )));
         }
         let mut groups = Vec::new();
         for (segment, weight) in parse_weights(prompt) {
@@ -124,7 +129,10 @@ impl ChunkLayout {
     }
 
     fn open(&self) -> TokenChunk {
-        let mut chunk = TokenChunk { ids: Vec::new(), weights: Vec::new() };
+        let mut chunk = TokenChunk {
+            ids: Vec::new(),
+            weights: Vec::new(),
+        };
         if let Some(start) = self.start {
             chunk.push(start, 1.0);
         }

@@ -10,8 +10,8 @@
 use super::batch::{ChunkLayout, TokenChunk};
 use super::{TextError, gunzip};
 use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSequence};
 use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -27,7 +27,8 @@ pub const START_OF_TEXT: &str = "<|startoftext|>";
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// The split that `CLIPTokenizer` applies before byte-level BPE.
-const CLIP_SPLIT: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// CLIP's tokenizer. Building it parses 48894 merges (tens of milliseconds): build once, share.
 pub struct ClipTokenizer {
@@ -45,17 +46,29 @@ impl ClipTokenizer {
 
     /// From the text of a `bpe_simple_vocab_16e6.txt`-style merges file; `origin` names it in errors.
     pub fn from_merges_file(text: &str, origin: &str) -> Result<Self, TextError> {
-        let bad = |message: String| TextError::Vocabulary { origin: origin.to_string(), message };
+        let bad = |message: String| TextError::Vocabulary {
+            origin: origin.to_string(),
+            message,
+        };
         let lines: Vec<&str> = text.split('\n').collect();
         if lines.len() < N_MERGES + 1 {
-            return Err(bad(format!("{} lines, expected at least {}", lines.len(), N_MERGES + 1)));
+            return Err(bad(format!(
+                "{} lines, expected at least {}",
+                lines.len(),
+                N_MERGES + 1
+            )));
         }
         let mut merges = Vec::with_capacity(N_MERGES);
         for (i, line) in lines[1..=N_MERGES].iter().enumerate() {
             let mut parts = line.split_whitespace();
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) => merges.push((a.to_string(), b.to_string())),
-                _ => return Err(bad(format!("line {}: {line:?} is not a merge of two symbols", i + 2))),
+                _ => {
+                    return Err(bad(format!(
+                        "line {}: {line:?} is not a merge of two symbols",
+                        i + 2
+                    )));
+                }
             }
         }
         let symbols = byte_symbols();
@@ -65,9 +78,16 @@ impl ClipTokenizer {
         tokens.push(START_OF_TEXT.to_string());
         tokens.push(END_OF_TEXT.to_string());
         let n_tokens = tokens.len();
-        let vocab: Vocab = tokens.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+        let vocab: Vocab = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
         if vocab.len() != n_tokens {
-            return Err(bad(format!("{} distinct tokens among {n_tokens}: the merges repeat a token", vocab.len())));
+            return Err(bad(format!(
+                "{} distinct tokens among {n_tokens}: the merges repeat a token",
+                vocab.len()
+            )));
         }
         let crate_error = |e: tokenizers::Error| bad(e.to_string());
         let model = BPE::builder()
@@ -78,22 +98,41 @@ impl ClipTokenizer {
             .build()
             .map_err(crate_error)?;
         let mut tokenizer = Tokenizer::new(model);
-        let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(crate_error)?;
-        tokenizer.with_normalizer(Some(NormalizerSequence::new(vec![NFC.into(), whitespace.into(), Lowercase.into()])));
-        let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true)
-            .map_err(crate_error)?;
+        let whitespace =
+            Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(crate_error)?;
+        tokenizer.with_normalizer(Some(NormalizerSequence::new(vec![
+            NFC.into(),
+            whitespace.into(),
+            Lowercase.into(),
+        ])));
+        let split = Split::new(
+            SplitPattern::Regex(CLIP_SPLIT.into()),
+            SplitDelimiterBehavior::Removed,
+            true,
+        )
+        .map_err(crate_error)?;
         tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
             split.into(),
             ByteLevel::new(false, true, true).into(),
         ])));
-        tokenizer.add_special_tokens(&[AddedToken::from(START_OF_TEXT, true), AddedToken::from(END_OF_TEXT, true)]);
+        tokenizer.add_special_tokens(&[
+            AddedToken::from(START_OF_TEXT, true),
+            AddedToken::from(END_OF_TEXT, true),
+        ]);
         let start = (n_tokens - 2) as u32;
-        Ok(ClipTokenizer { tokenizer, start, end: start + 1 })
+        Ok(ClipTokenizer {
+            tokenizer,
+            start,
+            end: start + 1,
+        })
     }
 
     /// Ids of `text` without start/end tokens (what ComfyUI keeps of each tokenizer call).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| TextError::tokenize(text, e))?;
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TextError::tokenize(text, e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -126,8 +165,13 @@ impl ClipTokenizer {
 /// GPT-2's `bytes_to_unicode` values, in its order: printable Latin-1 bytes map to themselves,
 /// the other 68 bytes to U+0100 onwards.
 fn byte_symbols() -> Vec<char> {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
-    let mut symbols: Vec<char> = (0..256u32).filter(|&b| printable(b)).filter_map(char::from_u32).collect();
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let mut symbols: Vec<char> = (0..256u32)
+        .filter(|&b| printable(b))
+        .filter_map(char::from_u32)
+        .collect();
     let mut next = 256u32;
     for b in 0..256u32 {
         if !printable(b) {

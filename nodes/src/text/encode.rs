@@ -28,10 +28,20 @@ pub fn empty_chunk_ids(layout: &ChunkLayout, len: usize) -> Vec<u32> {
 }
 
 /// The batch ComfyUI encodes for `chunks`: the chunks' ids, then the empty chunk when weighted.
-fn batch_ids(chunks: &[TokenChunk], layout: &ChunkLayout) -> Result<(Vec<Vec<u32>>, bool), ModelError> {
+fn batch_ids(
+    chunks: &[TokenChunk],
+    layout: &ChunkLayout,
+) -> Result<(Vec<Vec<u32>>, bool), ModelError> {
     let len = chunks.first().map_or(0, |c| c.ids.len());
-    if len == 0 || chunks.iter().any(|c| c.ids.len() != len || c.weights.len() != len) {
-        return Err(ModelError::input("text encoder", "expected one or more chunks of equal, non-zero length"));
+    if len == 0
+        || chunks
+            .iter()
+            .any(|c| c.ids.len() != len || c.weights.len() != len)
+    {
+        return Err(ModelError::input(
+            "text encoder",
+            "expected one or more chunks of equal, non-zero length",
+        ));
     }
     let weighted = chunks.iter().any(TokenChunk::is_weighted);
     let mut ids: Vec<Vec<u32>> = chunks.iter().map(|c| c.ids.clone()).collect();
@@ -42,7 +52,11 @@ fn batch_ids(chunks: &[TokenChunk], layout: &ChunkLayout) -> Result<(Vec<Vec<u32
 }
 
 /// Applies the chunk weights to `out` ([chunks (+1 empty), L, D]) and joins the chunks: [1, chunks·L, D].
-fn weigh_and_join<B: Backend>(out: Tensor<B, 3>, chunks: &[TokenChunk], weighted: bool) -> Result<Tensor<B, 3>, ModelError> {
+fn weigh_and_join<B: Backend>(
+    out: Tensor<B, 3>,
+    chunks: &[TokenChunk],
+    weighted: bool,
+) -> Result<Tensor<B, 3>, ModelError> {
     let [n, l, d] = out.dims();
     let empty = weighted.then(|| out.clone().slice([n - 1..n, 0..l, 0..d]));
     let parts = chunks
@@ -83,7 +97,11 @@ pub fn encode_clip<B: Backend>(
 }
 
 /// T5's context [1, chunks·L, d_model].
-pub fn encode_t5<B: Backend>(model: &T5Encoder<B>, chunks: &[TokenChunk], layout: &ChunkLayout) -> Result<Tensor<B, 3>, ModelError> {
+pub fn encode_t5<B: Backend>(
+    model: &T5Encoder<B>,
+    chunks: &[TokenChunk],
+    layout: &ChunkLayout,
+) -> Result<Tensor<B, 3>, ModelError> {
     let (ids, weighted) = batch_ids(chunks, layout)?;
     weigh_and_join(model.forward(&ids)?, chunks, weighted)
 }
@@ -105,10 +123,21 @@ impl<B: Backend> FluxTextEncoders<B> {
     }
 
     /// ComfyUI's `CLIPTextEncodeFlux`: separate prompts for CLIP-L and T5-XXL.
-    pub fn encode_pair(&self, clip_prompt: &str, t5_prompt: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>), TextError> {
+    pub fn encode_pair(
+        &self,
+        clip_prompt: &str,
+        t5_prompt: &str,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), TextError> {
         let clip_chunks = self.clip_tokenizer.tokenize_with_weights(clip_prompt)?;
-        let (_, pooled) = encode_clip(&self.clip, &clip_chunks, &ChunkLayout::CLIP_L, ClipOutputLayer::Last)?;
-        let t5_chunks = self.t5_tokenizer.tokenize_with_weights(t5_prompt, self.t5_min_length)?;
+        let (_, pooled) = encode_clip(
+            &self.clip,
+            &clip_chunks,
+            &ChunkLayout::CLIP_L,
+            ClipOutputLayer::Last,
+        )?;
+        let t5_chunks = self
+            .t5_tokenizer
+            .tokenize_with_weights(t5_prompt, self.t5_min_length)?;
         let layout = ChunkLayout {
             end: self.t5_tokenizer.end_token(),
             pad: self.t5_tokenizer.pad_token(),

@@ -37,7 +37,11 @@ pub enum TextError {
     Vocabulary { origin: String, message: String },
     /// A GGUF tokenizer key is missing or of the wrong type.
     #[error("{origin}: metadata key {key:?}: {message}")]
-    Metadata { origin: String, key: String, message: String },
+    Metadata {
+        origin: String,
+        key: String,
+        message: String,
+    },
     #[error("tokenizing {prompt:?}: {message}")]
     Tokenize { prompt: String, message: String },
     #[error("chunk layout: {0}")]
@@ -52,7 +56,10 @@ impl TextError {
         if shown.len() < prompt.len() {
             shown.push('…');
         }
-        TextError::Tokenize { prompt: shown, message: error.to_string() }
+        TextError::Tokenize {
+            prompt: shown,
+            message: error.to_string(),
+        }
     }
 }
 
@@ -62,7 +69,10 @@ fn gunzip(bytes: &[u8], origin: &str) -> Result<String, TextError> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(bytes)
         .read_to_string(&mut text)
-        .map_err(|e| TextError::Vocabulary { origin: origin.to_string(), message: format!("gzip: {e}") })?;
+        .map_err(|e| TextError::Vocabulary {
+            origin: origin.to_string(),
+            message: format!("gzip: {e}"),
+        })?;
     Ok(text)
 }
 
@@ -71,12 +81,21 @@ fn gunzip(bytes: &[u8], origin: &str) -> Result<String, TextError> {
 /// framing; tokens of weight 1.0 keep `z` exactly (ComfyUI skips them).
 ///
 /// `z` and `z_empty` are [1, L, D]; `weights` has L entries.
-pub fn apply_token_weights<B: Backend>(z: Tensor<B, 3>, z_empty: Tensor<B, 3>, weights: &[f64]) -> Result<Tensor<B, 3>, ModelError> {
+pub fn apply_token_weights<B: Backend>(
+    z: Tensor<B, 3>,
+    z_empty: Tensor<B, 3>,
+    weights: &[f64],
+) -> Result<Tensor<B, 3>, ModelError> {
     let [b, l, _] = z.dims();
     if b != 1 || z_empty.dims() != z.dims() || weights.len() != l {
         return Err(ModelError::input(
             "apply_token_weights",
-            format!("z {:?}, z_empty {:?} and {} weights do not match", z.dims(), z_empty.dims(), weights.len()),
+            format!(
+                "z {:?}, z_empty {:?} and {} weights do not match",
+                z.dims(),
+                z_empty.dims(),
+                weights.len()
+            ),
         ));
     }
     if weights.iter().all(|&w| w == 1.0) {
@@ -84,7 +103,10 @@ pub fn apply_token_weights<B: Backend>(z: Tensor<B, 3>, z_empty: Tensor<B, 3>, w
     }
     let device = z.device();
     let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
-    let keep: Vec<f32> = weights.iter().map(|&w| if w == 1.0 { 1.0 } else { 0.0 }).collect();
+    let keep: Vec<f32> = weights
+        .iter()
+        .map(|&w| if w == 1.0 { 1.0 } else { 0.0 })
+        .collect();
     let w = Tensor::<B, 1>::from_data(TensorData::new(w, [l]), &device).reshape([1, l, 1]);
     let keep = Tensor::<B, 1>::from_data(TensorData::new(keep, [l]), &device).reshape([1, l, 1]);
     let weighted = (z.clone() - z_empty.clone()) * w + z_empty;

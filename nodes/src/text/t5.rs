@@ -8,9 +8,9 @@
 //! `encoder.block.N.layer.0.SelfAttention.q.weight` …), in safetensors or GGUF. Activations are
 //! f32 (T5 overflows f16).
 use super::clip::{check_ids, embed};
+use crate::models::ModelError;
 use crate::models::layers::{Linear, gelu_tanh, rms_norm};
 use crate::models::source::{TensorSource, Weights};
-use crate::models::ModelError;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -113,10 +113,12 @@ impl<B: Backend> T5Encoder<B> {
             return Self::build(&Weights::new(source, "", device), &LLAMA_CPP);
         }
         let marker = "encoder.block.0.layer.0.SelfAttention.q.weight";
-        let prefix = Weights::find_prefix(source, marker, PREFIXES).ok_or_else(|| ModelError::MissingTensor {
-            origin: source.origin(),
-            name: "enc.blk.0.attn_q.weight".into(),
-            hint: format!(" (not a T5 encoder: neither llama.cpp's names nor {marker:?})"),
+        let prefix = Weights::find_prefix(source, marker, PREFIXES).ok_or_else(|| {
+            ModelError::MissingTensor {
+                origin: source.origin(),
+                name: "enc.blk.0.attn_q.weight".into(),
+                hint: format!(" (not a T5 encoder: neither llama.cpp's names nor {marker:?})"),
+            }
         })?;
         Self::build(&Weights::new(source, prefix, device), &TRANSFORMERS)
     }
@@ -125,17 +127,26 @@ impl<B: Backend> T5Encoder<B> {
         let matrix = |name: &str| -> Result<[usize; 2], ModelError> {
             match w.shape(name)?.as_slice() {
                 &[a, b] => Ok([a, b]),
-                other => Err(w.config_error(format!("{name} has shape {other:?}, expected a matrix"))),
+                other => {
+                    Err(w.config_error(format!("{name} has shape {other:?}, expected a matrix")))
+                }
             }
         };
-        let embedding_name = n.embedding.iter().copied().find(|e| w.has(e)).unwrap_or(n.embedding[0]);
+        let embedding_name = n
+            .embedding
+            .iter()
+            .copied()
+            .find(|e| w.has(e))
+            .unwrap_or(n.embedding[0]);
         let [vocab_size, d_model] = matrix(embedding_name)?;
         let block0 = |t: &str| format!("{}.0.{t}", n.block);
         let [buckets, heads] = matrix(&block0(n.rel_bias))?;
         let [inner, _] = matrix(&block0(n.q))?;
         let [d_ff, _] = matrix(&block0(n.gate))?;
         if heads == 0 || inner % heads != 0 || buckets < 4 {
-            return Err(w.config_error(format!("{inner}-wide attention with {heads} heads and {buckets} buckets")));
+            return Err(w.config_error(format!(
+                "{inner}-wide attention with {heads} heads and {buckets} buckets"
+            )));
         }
         let config = T5Config {
             vocab_size,
@@ -189,7 +200,12 @@ impl<B: Backend> T5Encoder<B> {
         Ok(rms_norm(x, &self.final_norm, self.config.eps))
     }
 
-    fn block_forward(&self, block: &T5Block<B>, x: Tensor<B, 3>, bias: &Tensor<B, 4>) -> Tensor<B, 3> {
+    fn block_forward(
+        &self,
+        block: &T5Block<B>,
+        x: Tensor<B, 3>,
+        bias: &Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         let [b, l, _] = x.dims();
         let (heads, inner) = (self.config.heads, self.config.inner);
         let head_dim = inner / heads;
@@ -200,7 +216,10 @@ impl<B: Backend> T5Encoder<B> {
         let v = split(block.v.forward(h));
         // T5 does not scale the scores: the 1/sqrt(d) is folded into the trained weights.
         let scores = q.matmul(k.swap_dims(2, 3)) + bias.clone();
-        let attn = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, l, inner]);
+        let attn = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, l, inner]);
         let x = x + block.o.forward(attn);
         let h = rms_norm(x.clone(), &block.ffn_norm, self.config.eps);
         let ff = gelu_tanh(block.gate.forward(h.clone())) * block.up.forward(h);
@@ -210,12 +229,22 @@ impl<B: Backend> T5Encoder<B> {
     /// [1, heads, L, L]: the learned bias of each (query, key) pair's distance bucket.
     fn position_bias(&self, len: usize, device: &B::Device) -> Tensor<B, 4> {
         let buckets: Vec<i64> = (0..len * len)
-            .map(|i| relative_bucket(i as i64 % len as i64 - i as i64 / len as i64, self.config.buckets, self.config.max_distance) as i64)
+            .map(|i| {
+                relative_bucket(
+                    i as i64 % len as i64 - i as i64 / len as i64,
+                    self.config.buckets,
+                    self.config.max_distance,
+                ) as i64
+            })
             .collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(buckets, [len * len]), device);
         let heads = self.config.heads;
         // [L·L, heads] → [heads, L, L]
-        self.rel_bias.clone().select(0, index).swap_dims(0, 1).reshape([1, heads, len, len])
+        self.rel_bias
+            .clone()
+            .select(0, index)
+            .swap_dims(0, 1)
+            .reshape([1, heads, len, len])
     }
 }
 

@@ -69,7 +69,10 @@ impl T5Tokenizer {
     /// google/t5-v1_1-xxl's vocabulary (32000 pieces and 100 `<extra_id_N>`), shipped with weft.
     pub fn builtin() -> Result<Self, TextError> {
         let text = gunzip(BUILTIN_JSON_GZ, BUILTIN_ORIGIN)?;
-        Self::new(T5Vocab::from_tokenizer_json(&text, BUILTIN_ORIGIN)?, BUILTIN_ORIGIN)
+        Self::new(
+            T5Vocab::from_tokenizer_json(&text, BUILTIN_ORIGIN)?,
+            BUILTIN_ORIGIN,
+        )
     }
 
     /// From a T5 GGUF's `tokenizer.ggml.*` metadata.
@@ -79,22 +82,42 @@ impl T5Tokenizer {
     }
 
     pub fn new(vocab: T5Vocab, origin: &str) -> Result<Self, TextError> {
-        let bad = |message: String| TextError::Vocabulary { origin: origin.to_string(), message };
+        let bad = |message: String| TextError::Vocabulary {
+            origin: origin.to_string(),
+            message,
+        };
         let n = vocab.pieces.len();
-        for (what, id) in [("unknown", vocab.unk_id), ("end", vocab.eos_id as usize), ("pad", vocab.pad_id as usize)] {
+        for (what, id) in [
+            ("unknown", vocab.unk_id),
+            ("end", vocab.eos_id as usize),
+            ("pad", vocab.pad_id as usize),
+        ] {
             if id >= n {
-                return Err(bad(format!("{what} token id {id} is outside the {n}-piece vocabulary")));
+                return Err(bad(format!(
+                    "{what} token id {id} is outside the {n}-piece vocabulary"
+                )));
             }
         }
         // Trailing unused pieces (llama.cpp pads the list to the embedding's rows with `[PADn]`)
         // must never be produced: leave them out of the model.
-        let used = n - vocab.pieces.iter().rev().take_while(|p| p.2 == PieceType::Unused).count();
-        let scores = vocab.pieces[..used].iter().map(|(p, s, _)| (p.clone(), *s)).collect();
-        let model = Unigram::from(scores, Some(vocab.unk_id), false).map_err(|e| bad(e.to_string()))?;
+        let used = n - vocab
+            .pieces
+            .iter()
+            .rev()
+            .take_while(|p| p.2 == PieceType::Unused)
+            .count();
+        let scores = vocab.pieces[..used]
+            .iter()
+            .map(|(p, s, _)| (p.clone(), *s))
+            .collect();
+        let model =
+            Unigram::from(scores, Some(vocab.unk_id), false).map_err(|e| bad(e.to_string()))?;
         let mut tokenizer = Tokenizer::new(model);
         if !vocab.charsmap.is_empty() {
-            check_charsmap(&vocab.charsmap).map_err(|m| bad(format!("precompiled charsmap: {m}")))?;
-            let normalizer = Precompiled::from(&vocab.charsmap).map_err(|e| bad(format!("precompiled charsmap: {e}")))?;
+            check_charsmap(&vocab.charsmap)
+                .map_err(|m| bad(format!("precompiled charsmap: {m}")))?;
+            let normalizer = Precompiled::from(&vocab.charsmap)
+                .map_err(|e| bad(format!("precompiled charsmap: {e}")))?;
             tokenizer.with_normalizer(Some(normalizer));
         }
         tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
@@ -104,16 +127,25 @@ impl T5Tokenizer {
         let specials: Vec<AddedToken> = vocab.pieces[..used]
             .iter()
             .enumerate()
-            .filter(|(i, p)| matches!(p.2, PieceType::Control | PieceType::UserDefined) || *i == vocab.unk_id)
+            .filter(|(i, p)| {
+                matches!(p.2, PieceType::Control | PieceType::UserDefined) || *i == vocab.unk_id
+            })
             .map(|(_, p)| AddedToken::from(p.0.clone(), true))
             .collect();
         tokenizer.add_special_tokens(&specials);
-        Ok(T5Tokenizer { tokenizer, eos: vocab.eos_id, pad: vocab.pad_id })
+        Ok(T5Tokenizer {
+            tokenizer,
+            eos: vocab.eos_id,
+            pad: vocab.pad_id,
+        })
     }
 
     /// Ids of `text` without the closing `</s>` (what ComfyUI keeps of each tokenizer call).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| TextError::tokenize(text, e))?;
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TextError::tokenize(text, e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -126,8 +158,16 @@ impl T5Tokenizer {
 
     /// ComfyUI's weighted chunk for `prompt` as the Flux T5-XXL tokenizer frames it: one chunk,
     /// `</s>` at the end, padded with `<pad>` to at least `min_length` (ComfyUI: 256).
-    pub fn tokenize_with_weights(&self, prompt: &str, min_length: usize) -> Result<Vec<TokenChunk>, TextError> {
-        let layout = ChunkLayout { end: self.eos, pad: self.pad, ..ChunkLayout::flux_t5(min_length) };
+    pub fn tokenize_with_weights(
+        &self,
+        prompt: &str,
+        min_length: usize,
+    ) -> Result<Vec<TokenChunk>, TextError> {
+        let layout = ChunkLayout {
+            end: self.eos,
+            pad: self.pad,
+            ..ChunkLayout::flux_t5(min_length)
+        };
         layout.tokenize_with_weights(prompt, |word| self.encode(word))
     }
 
@@ -146,14 +186,24 @@ impl T5Vocab {
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TextError> {
         let origin = file.mapping().path().display().to_string();
         let header = file.header();
-        let meta_err = |key: &str, message: String| TextError::Metadata { origin: origin.clone(), key: key.to_string(), message };
+        let meta_err = |key: &str, message: String| TextError::Metadata {
+            origin: origin.clone(),
+            key: key.to_string(),
+            message,
+        };
         let get = |key: &str| header.get(key);
         let array = |key: &str| -> Result<&ArrayValue, TextError> {
-            get(key).ok_or_else(|| meta_err(key, "missing".into()))?.as_array().ok_or_else(|| meta_err(key, "not an array".into()))
+            get(key)
+                .ok_or_else(|| meta_err(key, "missing".into()))?
+                .as_array()
+                .ok_or_else(|| meta_err(key, "not an array".into()))
         };
         let model = get("tokenizer.ggml.model").and_then(MetadataValue::as_str);
         if model != Some("t5") {
-            return Err(meta_err("tokenizer.ggml.model", format!("{model:?}, expected \"t5\" (a SentencePiece unigram vocabulary)")));
+            return Err(meta_err(
+                "tokenizer.ggml.model",
+                format!("{model:?}, expected \"t5\" (a SentencePiece unigram vocabulary)"),
+            ));
         }
         let tokens = array("tokenizer.ggml.tokens")?
             .as_strings()
@@ -162,19 +212,37 @@ impl T5Vocab {
         let scores: Vec<f64> = match array("tokenizer.ggml.scores")? {
             ArrayValue::F32(v) => v.iter().map(|&s| s as f64).collect(),
             ArrayValue::F64(v) => v.clone(),
-            other => return Err(meta_err("tokenizer.ggml.scores", format!("array of {}, expected F32", other.type_name()))),
+            other => {
+                return Err(meta_err(
+                    "tokenizer.ggml.scores",
+                    format!("array of {}, expected F32", other.type_name()),
+                ));
+            }
         };
         let types = array("tokenizer.ggml.token_type")?
             .as_i64_vec()
-            .ok_or_else(|| meta_err("tokenizer.ggml.token_type", "not an array of integers".into()))?;
-        for (key, len) in [("tokenizer.ggml.scores", scores.len()), ("tokenizer.ggml.token_type", types.len())] {
+            .ok_or_else(|| {
+                meta_err(
+                    "tokenizer.ggml.token_type",
+                    "not an array of integers".into(),
+                )
+            })?;
+        for (key, len) in [
+            ("tokenizer.ggml.scores", scores.len()),
+            ("tokenizer.ggml.token_type", types.len()),
+        ] {
             if len != n {
                 return Err(meta_err(key, format!("{len} entries for {n} tokens")));
             }
         }
         let mut pieces = Vec::with_capacity(n);
         for (i, ((piece, score), t)) in tokens.iter().zip(scores).zip(&types).enumerate() {
-            let kind = PieceType::from_ggml(*t).ok_or_else(|| meta_err("tokenizer.ggml.token_type", format!("token {i}: unknown type {t}")))?;
+            let kind = PieceType::from_ggml(*t).ok_or_else(|| {
+                meta_err(
+                    "tokenizer.ggml.token_type",
+                    format!("token {i}: unknown type {t}"),
+                )
+            })?;
             pieces.push((piece.clone(), score, kind));
         }
         let charsmap = match get("tokenizer.ggml.precompiled_charsmap") {
@@ -191,28 +259,46 @@ impl T5Vocab {
         let id = |key: &str, default: u64| -> Result<u64, TextError> {
             match get(key) {
                 None => Ok(default),
-                Some(v) => v.as_u64().ok_or_else(|| meta_err(key, "not an unsigned integer".into())),
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| meta_err(key, "not an unsigned integer".into())),
             }
         };
-        let small = |key: &str, v: u64| u32::try_from(v).map_err(|_| meta_err(key, format!("{v} is not a token id")));
+        let small = |key: &str, v: u64| {
+            u32::try_from(v).map_err(|_| meta_err(key, format!("{v} is not a token id")))
+        };
         Ok(T5Vocab {
             pieces,
             unk_id: id("tokenizer.ggml.unknown_token_id", 2)? as usize,
-            eos_id: small("tokenizer.ggml.eos_token_id", id("tokenizer.ggml.eos_token_id", 1)?)?,
-            pad_id: small("tokenizer.ggml.padding_token_id", id("tokenizer.ggml.padding_token_id", 0)?)?,
+            eos_id: small(
+                "tokenizer.ggml.eos_token_id",
+                id("tokenizer.ggml.eos_token_id", 1)?,
+            )?,
+            pad_id: small(
+                "tokenizer.ggml.padding_token_id",
+                id("tokenizer.ggml.padding_token_id", 0)?,
+            )?,
             charsmap,
         })
     }
 
     /// Reads a Hugging Face T5 tokenizer.json (Unigram model, Precompiled normalizer).
     pub fn from_tokenizer_json(text: &str, origin: &str) -> Result<Self, TextError> {
-        let bad = |message: String| TextError::Vocabulary { origin: origin.to_string(), message };
+        let bad = |message: String| TextError::Vocabulary {
+            origin: origin.to_string(),
+            message,
+        };
         let json: Json = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let model = &json["model"];
         if model["type"] != "Unigram" {
-            return Err(bad(format!("model type {}, expected \"Unigram\"", model["type"])));
+            return Err(bad(format!(
+                "model type {}, expected \"Unigram\"",
+                model["type"]
+            )));
         }
-        let vocab = model["vocab"].as_array().ok_or_else(|| bad("model.vocab is not a list".into()))?;
+        let vocab = model["vocab"]
+            .as_array()
+            .ok_or_else(|| bad("model.vocab is not a list".into()))?;
         let specials: std::collections::HashSet<u64> = json["added_tokens"]
             .as_array()
             .into_iter()
@@ -234,21 +320,36 @@ impl T5Vocab {
             pieces.push((piece.to_string(), score, kind));
         }
         let normalizers = match json["normalizer"]["type"].as_str() {
-            Some("Sequence") => json["normalizer"]["normalizers"].as_array().cloned().unwrap_or_default(),
+            Some("Sequence") => json["normalizer"]["normalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
             Some(_) => vec![json["normalizer"].clone()],
             None => Vec::new(),
         };
         let charsmap = match normalizers.iter().find(|n| n["type"] == "Precompiled") {
             None => Vec::new(),
             Some(n) => {
-                let encoded = n["precompiled_charsmap"].as_str().ok_or_else(|| bad("precompiled_charsmap is not a string".into()))?;
-                base64_decode(encoded).ok_or_else(|| bad("precompiled_charsmap is not base64".into()))?
+                let encoded = n["precompiled_charsmap"]
+                    .as_str()
+                    .ok_or_else(|| bad("precompiled_charsmap is not a string".into()))?;
+                base64_decode(encoded)
+                    .ok_or_else(|| bad("precompiled_charsmap is not base64".into()))?
             }
         };
         let token_id = |name: &str, default: u32| {
-            vocab.iter().position(|e| e[0] == name).map_or(default, |i| i as u32)
+            vocab
+                .iter()
+                .position(|e| e[0] == name)
+                .map_or(default, |i| i as u32)
         };
-        Ok(T5Vocab { pieces, unk_id, eos_id: token_id("</s>", 1), pad_id: token_id("<pad>", 0), charsmap })
+        Ok(T5Vocab {
+            pieces,
+            unk_id,
+            eos_id: token_id("</s>", 1),
+            pad_id: token_id("<pad>", 0),
+            charsmap,
+        })
     }
 }
 
@@ -256,12 +357,22 @@ impl T5Vocab {
 /// each index and each normalized-string offset, so that a corrupt file is an error here rather
 /// than an out-of-bounds panic while tokenizing.
 fn check_charsmap(bytes: &[u8]) -> Result<(), String> {
-    let trie_bytes = bytes.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or("shorter than 4 bytes")?;
+    let trie_bytes = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("shorter than 4 bytes")?;
     if trie_bytes % 4 != 0 || bytes.len() < 4 + trie_bytes {
-        return Err(format!("trie of {trie_bytes} bytes does not fit the {}-byte charsmap", bytes.len()));
+        return Err(format!(
+            "trie of {trie_bytes} bytes does not fit the {}-byte charsmap",
+            bytes.len()
+        ));
     }
-    let units: Vec<usize> = bytes[4..4 + trie_bytes].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-    let normalized = std::str::from_utf8(&bytes[4 + trie_bytes..]).map_err(|_| "normalized strings are not UTF-8")?;
+    let units: Vec<usize> = bytes[4..4 + trie_bytes]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let normalized = std::str::from_utf8(&bytes[4 + trie_bytes..])
+        .map_err(|_| "normalized strings are not UTF-8")?;
     let offset = |u: usize| (u >> 10) << ((u & (1 << 9)) >> 6);
     let has_leaf = |u: usize| (u >> 8) & 1 == 1;
     let label = |u: usize| u & ((1 << 31) | 0xff);
@@ -272,16 +383,23 @@ fn check_charsmap(bytes: &[u8]) -> Result<(), String> {
     while let Some(node) = stack.pop() {
         for c in 1..256usize {
             let child = node ^ c;
-            let unit = *units.get(child).ok_or_else(|| format!("index {child} outside the {}-unit trie", units.len()))?;
+            let unit = *units
+                .get(child)
+                .ok_or_else(|| format!("index {child} outside the {}-unit trie", units.len()))?;
             if label(unit) != c {
                 continue;
             }
             let next = child ^ offset(unit);
             if has_leaf(unit) {
-                let leaf = *units.get(next).ok_or_else(|| format!("leaf index {next} outside the trie"))?;
+                let leaf = *units
+                    .get(next)
+                    .ok_or_else(|| format!("leaf index {next} outside the trie"))?;
                 let start = value(leaf);
                 if start >= normalized.len() || !normalized.is_char_boundary(start) {
-                    return Err(format!("normalized offset {start} is not a character of the {}-byte table", normalized.len()));
+                    return Err(format!(
+                        "normalized offset {start} is not a character of the {}-byte table",
+                        normalized.len()
+                    ));
                 }
             }
             if next >= units.len() {

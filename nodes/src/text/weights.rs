@@ -22,7 +22,9 @@ const ESCAPED_OPEN: &str = "\0\u{2}";
 /// assert_eq!(s[3], ("dog".to_string(), 1.1 * 1.1));
 /// ```
 pub fn parse_weights(prompt: &str) -> Vec<(String, f64)> {
-    let escaped = prompt.replace("\\)", ESCAPED_CLOSE).replace("\\(", ESCAPED_OPEN);
+    let escaped = prompt
+        .replace("\\)", ESCAPED_CLOSE)
+        .replace("\\(", ESCAPED_OPEN);
     let mut out = Vec::new();
     token_weights(&escaped, 1.0, &mut out);
     for (text, _) in &mut out {
@@ -41,7 +43,8 @@ fn token_weights(text: &str, weight: f64, out: &mut Vec<(String, f64)>) {
             let mut inner_text = inner;
             // ComfyUI: the last ':' (not at position 0) starts a weight if Python's float() takes it.
             let colon = inner.rfind(':').filter(|&c| c > 0);
-            if let Some((colon, w)) = colon.and_then(|c| Some((c, python_float(&inner[c + 1..])?))) {
+            if let Some((colon, w)) = colon.and_then(|c| Some((c, python_float(&inner[c + 1..])?)))
+            {
                 inner_weight = w;
                 inner_text = &inner[..colon];
             }
@@ -98,7 +101,11 @@ pub fn python_float(s: &str) -> Option<f64> {
     let s = if s.contains('_') {
         let bytes = s.as_bytes();
         let ok = bytes.iter().enumerate().all(|(i, &b)| {
-            b != b'_' || (i > 0 && i + 1 < bytes.len() && bytes[i - 1].is_ascii_digit() && bytes[i + 1].is_ascii_digit())
+            b != b'_'
+                || (i > 0
+                    && i + 1 < bytes.len()
+                    && bytes[i - 1].is_ascii_digit()
+                    && bytes[i + 1].is_ascii_digit())
         });
         if !ok {
             return None;
@@ -115,7 +122,10 @@ pub fn python_float(s: &str) -> Option<f64> {
     }
     // Rust's parser accepts exactly Python's numeric grammar once the specials are handled
     // (digits, one '.', an exponent); it refuses "1e", ".", "e5" as Python does.
-    if !body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) {
+    if !body
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
         return None;
     }
     s.parse().ok()
@@ -181,8 +191,14 @@ mod tests {
 
     #[test]
     fn embedding_split() {
-        assert_eq!(split_embedding_words("a cat embedding:x, photo"), vec!["a cat", "embedding:x, photo"]);
+        assert_eq!(
+            split_embedding_words("a cat embedding:x, photo"),
+            vec!["a cat", "embedding:x, photo"]
+        );
         assert_eq!(split_embedding_words("embedding:x"), vec!["embedding:x"]);
-        assert_eq!(split_embedding_words("a\nembedding:x b"), vec!["a", "embedding:x b"]);
+        assert_eq!(
+            split_embedding_words("a\nembedding:x b"),
+            vec!["a", "embedding:x b"]
+        );
     }
 }

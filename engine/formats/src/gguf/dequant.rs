@@ -9,7 +9,9 @@ use half::f16;
 use rayon::prelude::*;
 
 /// The non-linear 4-bit codebook of IQ4_NL and IQ4_XS.
-const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 /// e2m1 (fp4) values, doubled, indexed by the 4-bit code (MXFP4).
 const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
@@ -27,12 +29,22 @@ pub fn is_supported(ty: GgmlType) -> bool {
 
 /// Names of the supported types, for error messages.
 pub fn supported_names() -> String {
-    GgmlType::ALL.iter().filter(|t| is_supported(**t)).map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    GgmlType::ALL
+        .iter()
+        .filter(|t| is_supported(**t))
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Dequantizes `bytes` (whole blocks of `ty`) into `out`, which must hold exactly the number of
 /// elements the bytes encode. `tensor` names the tensor in errors.
-pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> Result<(), DequantError> {
+pub fn dequantize(
+    ty: GgmlType,
+    bytes: &[u8],
+    out: &mut [f32],
+    tensor: &str,
+) -> Result<(), DequantError> {
     if ty.bytes_for(out.len() as u64) != Some(bytes.len() as u64) {
         return Err(DequantError::SizeMismatch {
             tensor: tensor.to_string(),
@@ -46,10 +58,26 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> 
         GgmlType::F16 => plain_f16,
         GgmlType::BF16 => plain_bf16,
         GgmlType::F64 => plain_f64,
-        GgmlType::I8 => |b, o| o.iter_mut().zip(b).for_each(|(o, &x)| *o = f32::from(x as i8)),
-        GgmlType::I16 => |b, o| o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, c)| *o = f32::from(i16::from_le_bytes([c[0], c[1]]))),
-        GgmlType::I32 => |b, o| o.iter_mut().zip(b.chunks_exact(4)).for_each(|(o, c)| *o = i32::from_le_bytes(c.try_into().expect("4")) as f32),
-        GgmlType::I64 => |b, o| o.iter_mut().zip(b.chunks_exact(8)).for_each(|(o, c)| *o = i64::from_le_bytes(c.try_into().expect("8")) as f32),
+        GgmlType::I8 => |b, o| {
+            o.iter_mut()
+                .zip(b)
+                .for_each(|(o, &x)| *o = f32::from(x as i8))
+        },
+        GgmlType::I16 => |b, o| {
+            o.iter_mut()
+                .zip(b.chunks_exact(2))
+                .for_each(|(o, c)| *o = f32::from(i16::from_le_bytes([c[0], c[1]])))
+        },
+        GgmlType::I32 => |b, o| {
+            o.iter_mut()
+                .zip(b.chunks_exact(4))
+                .for_each(|(o, c)| *o = i32::from_le_bytes(c.try_into().expect("4")) as f32)
+        },
+        GgmlType::I64 => |b, o| {
+            o.iter_mut()
+                .zip(b.chunks_exact(8))
+                .for_each(|(o, c)| *o = i64::from_le_bytes(c.try_into().expect("8")) as f32)
+        },
         _ => block_fn(ty).ok_or_else(|| DequantError::Unsupported {
             tensor: tensor.to_string(),
             ty: ty.name().to_string(),
@@ -61,12 +89,18 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> 
         if block == 1 {
             kernel(bytes, out); // plain types convert a whole run at once
         } else {
-            bytes.chunks_exact(size).zip(out.chunks_exact_mut(block)).for_each(|(b, o)| kernel(b, o));
+            bytes
+                .chunks_exact(size)
+                .zip(out.chunks_exact_mut(block))
+                .for_each(|(b, o)| kernel(b, o));
         }
     };
     if out.len() >= PARALLEL_MIN_ELEMENTS {
         let bytes_per_chunk = CHUNK_ELEMENTS / block * size;
-        bytes.par_chunks(bytes_per_chunk).zip(out.par_chunks_mut(CHUNK_ELEMENTS)).for_each(|(b, o)| run(b, o));
+        bytes
+            .par_chunks(bytes_per_chunk)
+            .zip(out.par_chunks_mut(CHUNK_ELEMENTS))
+            .for_each(|(b, o)| run(b, o));
     } else {
         run(bytes, out);
     }
@@ -104,23 +138,32 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 fn plain_f32(b: &[u8], o: &mut [f32]) {
-    o.iter_mut().zip(b.chunks_exact(4)).for_each(|(o, c)| *o = f32::from_le_bytes(c.try_into().expect("4")));
+    o.iter_mut()
+        .zip(b.chunks_exact(4))
+        .for_each(|(o, c)| *o = f32::from_le_bytes(c.try_into().expect("4")));
 }
 
 fn plain_f16(b: &[u8], o: &mut [f32]) {
     use half::slice::HalfFloatSliceExt;
     match bytemuck::try_cast_slice::<u8, f16>(b) {
         Ok(halves) => halves.convert_to_f32_slice(o),
-        Err(_) => o.iter_mut().enumerate().for_each(|(i, o)| *o = f16_at(b, 2 * i)),
+        Err(_) => o
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f16_at(b, 2 * i)),
     }
 }
 
 fn plain_bf16(b: &[u8], o: &mut [f32]) {
-    o.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, c)| *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16));
+    o.iter_mut()
+        .zip(b.chunks_exact(2))
+        .for_each(|(o, c)| *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16));
 }
 
 fn plain_f64(b: &[u8], o: &mut [f32]) {
-    o.iter_mut().zip(b.chunks_exact(8)).for_each(|(o, c)| *o = f64::from_le_bytes(c.try_into().expect("8")) as f32);
+    o.iter_mut()
+        .zip(b.chunks_exact(8))
+        .for_each(|(o, c)| *o = f64::from_le_bytes(c.try_into().expect("8")) as f32);
 }
 
 // Layout: d (f16), 16 bytes of nibbles; element j in the low nibble of byte j, j+16 in the high.
@@ -375,7 +418,11 @@ fn tq2_0(b: &[u8], o: &mut [f32]) {
 
 /// Half of an e8m0 scale, as ggml computes it (the fp4 values are stored doubled).
 fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 { 0x0020_0000u32 << e } else { u32::from(e - 1) << 23 };
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        u32::from(e - 1) << 23
+    };
     f32::from_bits(bits)
 }
 
@@ -407,7 +454,9 @@ mod tests {
     fn unsupported_type_names_type_and_tensor() {
         let bytes = vec![0u8; GgmlType::IQ2_XXS.type_size()];
         let mut out = vec![0f32; 256];
-        let err = dequantize(GgmlType::IQ2_XXS, &bytes, &mut out, "blk.0.w").unwrap_err().to_string();
+        let err = dequantize(GgmlType::IQ2_XXS, &bytes, &mut out, "blk.0.w")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("IQ2_XXS") && err.contains("blk.0.w"), "{err}");
     }
 
@@ -430,6 +479,10 @@ mod tests {
         for (b, o) in bytes.chunks_exact(144).zip(serial.chunks_exact_mut(QK_K)) {
             q4_k(b, o);
         }
-        assert!(par.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            par.iter()
+                .zip(&serial)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 }

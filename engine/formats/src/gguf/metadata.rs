@@ -220,7 +220,9 @@ impl MetadataValue {
 }
 
 fn float_json(v: f64) -> Json {
-    serde_json::Number::from_f64(v).map(Json::Number).unwrap_or_else(|| Json::String(v.to_string()))
+    serde_json::Number::from_f64(v)
+        .map(Json::Number)
+        .unwrap_or_else(|| Json::String(v.to_string()))
 }
 
 impl ArrayValue {

@@ -31,7 +31,10 @@ impl GgufFile {
 
     /// Parses a file that is already mapped (for example, a handle from the mmap cache).
     pub fn from_mapping(map: MappedFile) -> Result<Self, FormatError> {
-        let header = parse_header(map.bytes()).map_err(|error| FormatError::Gguf { path: map.path().to_path_buf(), error })?;
+        let header = parse_header(map.bytes()).map_err(|error| FormatError::Gguf {
+            path: map.path().to_path_buf(),
+            error,
+        })?;
         Ok(GgufFile { map, header })
     }
 

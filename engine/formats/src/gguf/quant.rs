@@ -22,28 +22,49 @@ pub const QUANTIZABLE: &[GgmlType] = &[
 pub fn quantize(ty: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>, DequantError> {
     let err = |why: String| DequantError::Quantize { ty, why };
     if row_len == 0 || data.len() % row_len != 0 {
-        return Err(err(format!("{} elements are not whole rows of {row_len}", data.len())));
+        return Err(err(format!(
+            "{} elements are not whole rows of {row_len}",
+            data.len()
+        )));
     }
     if row_len % ty.block_size() != 0 {
-        return Err(err(format!("row length {row_len} is not a multiple of the block size {}", ty.block_size())));
+        return Err(err(format!(
+            "row length {row_len} is not a multiple of the block size {}",
+            ty.block_size()
+        )));
     }
     let mut out = Vec::with_capacity(data.len() / ty.block_size() * ty.type_size());
     match ty {
-        GgmlType::F32 => data.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        GgmlType::F16 => data.iter().for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
-        GgmlType::BF16 => data.iter().for_each(|x| out.extend_from_slice(&f32_to_bf16_bits(*x).to_le_bytes())),
+        GgmlType::F32 => data
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        GgmlType::F16 => data
+            .iter()
+            .for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
+        GgmlType::BF16 => data
+            .iter()
+            .for_each(|x| out.extend_from_slice(&f32_to_bf16_bits(*x).to_le_bytes())),
         GgmlType::Q4_0 => data.chunks_exact(32).for_each(|b| q4_0(b, &mut out)),
         GgmlType::Q4_1 => data.chunks_exact(32).for_each(|b| q4_1(b, &mut out)),
         GgmlType::Q5_0 => data.chunks_exact(32).for_each(|b| q5_0(b, &mut out)),
         GgmlType::Q5_1 => data.chunks_exact(32).for_each(|b| q5_1(b, &mut out)),
         GgmlType::Q8_0 => data.chunks_exact(32).for_each(|b| q8_0(b, &mut out)),
-        _ => return Err(err(format!("not implemented (quantizable: {})", names(QUANTIZABLE)))),
+        _ => {
+            return Err(err(format!(
+                "not implemented (quantizable: {})",
+                names(QUANTIZABLE)
+            )));
+        }
     }
     Ok(out)
 }
 
 fn names(types: &[GgmlType]) -> String {
-    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    types
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// ggml's fp32→bf16: NaN made quiet, otherwise round to nearest even.
@@ -101,7 +122,10 @@ fn q8_0(block: &[f32], out: &mut Vec<u8>) {
 fn q4_0(block: &[f32], out: &mut Vec<u8>) {
     let d = signed_absmax(block) / -8.0;
     let id = inverse(d);
-    let q: Vec<u8> = block.iter().map(|&x| to_u8_clipped((x * id + 8.5).trunc(), 15)).collect();
+    let q: Vec<u8> = block
+        .iter()
+        .map(|&x| to_u8_clipped((x * id + 8.5).trunc(), 15))
+        .collect();
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
     out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
 }
@@ -111,7 +135,10 @@ fn q4_1(block: &[f32], out: &mut Vec<u8>) {
     let min = block.iter().copied().fold(f32::INFINITY, f32::min);
     let d = (max - min) / 15.0;
     let id = inverse(d);
-    let q: Vec<u8> = block.iter().map(|&x| to_u8_clipped(((x - min) * id + 0.5).trunc(), 15)).collect();
+    let q: Vec<u8> = block
+        .iter()
+        .map(|&x| to_u8_clipped(((x - min) * id + 0.5).trunc(), 15))
+        .collect();
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
     out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
     out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
@@ -126,7 +153,10 @@ fn push_q5(q: &[u8], out: &mut Vec<u8>) {
 fn q5_0(block: &[f32], out: &mut Vec<u8>) {
     let d = signed_absmax(block) / -16.0;
     let id = inverse(d);
-    let q: Vec<u8> = block.iter().map(|&x| to_u8_clipped((x * id + 16.5).trunc(), 31)).collect();
+    let q: Vec<u8> = block
+        .iter()
+        .map(|&x| to_u8_clipped((x * id + 16.5).trunc(), 31))
+        .collect();
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
     push_q5(&q, out);
 }
@@ -136,7 +166,10 @@ fn q5_1(block: &[f32], out: &mut Vec<u8>) {
     let min = block.iter().copied().fold(f32::INFINITY, f32::min);
     let d = (max - min) / 31.0;
     let id = inverse(d);
-    let q: Vec<u8> = block.iter().map(|&x| to_u8_clipped(((x - min) * id + 0.5).trunc(), 31)).collect();
+    let q: Vec<u8> = block
+        .iter()
+        .map(|&x| to_u8_clipped(((x - min) * id + 0.5).trunc(), 31))
+        .collect();
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
     out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
     push_q5(&q, out);

@@ -42,7 +42,8 @@ impl GgufHeader {
 
     /// `general.architecture`, if present and a string.
     pub fn architecture(&self) -> Option<&str> {
-        self.get("general.architecture").and_then(MetadataValue::as_str)
+        self.get("general.architecture")
+            .and_then(MetadataValue::as_str)
     }
 }
 
@@ -93,8 +94,15 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, min_size: u64, what: &dyn Fn() -> String) -> Result<u64> {
         let count = self.u64(what)?;
         let remaining = self.remaining();
-        if count.checked_mul(min_size).is_none_or(|need| need > remaining) {
-            return Err(GgufParseError::AbsurdCount { what: what(), count, remaining });
+        if count
+            .checked_mul(min_size)
+            .is_none_or(|need| need > remaining)
+        {
+            return Err(GgufParseError::AbsurdCount {
+                what: what(),
+                count,
+                remaining,
+            });
         }
         Ok(count)
     }
@@ -146,7 +154,12 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
 
     let alignment = match key_index.get("general.alignment").map(|&i| &metadata[i].1) {
         None => DEFAULT_ALIGNMENT,
-        Some(v @ (MetadataValue::U8(_) | MetadataValue::U16(_) | MetadataValue::U32(_) | MetadataValue::U64(_))) => {
+        Some(
+            v @ (MetadataValue::U8(_)
+            | MetadataValue::U16(_)
+            | MetadataValue::U32(_)
+            | MetadataValue::U64(_)),
+        ) => {
             let a = v.as_u64().unwrap_or(0);
             if a == 0 || !a.is_power_of_two() {
                 return Err(GgufParseError::BadAlignment(a));
@@ -158,15 +171,26 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
 
     // Checked only now that the metadata is read: each info takes at least 24 bytes.
     let remaining = cur.remaining();
-    if n_tensors.checked_mul(24).is_none_or(|need| need > remaining) {
-        return Err(GgufParseError::AbsurdCount { what: "the tensor count".into(), count: n_tensors, remaining });
+    if n_tensors
+        .checked_mul(24)
+        .is_none_or(|need| need > remaining)
+    {
+        return Err(GgufParseError::AbsurdCount {
+            what: "the tensor count".into(),
+            count: n_tensors,
+            remaining,
+        });
     }
     let mut raw_infos = Vec::with_capacity(n_tensors as usize);
     for tensor_idx in 0..n_tensors {
         let name = cur.string(&|| format!("the name of tensor #{tensor_idx}"))?;
         let n_dims = cur.u32(&|| format!("the dimension count of tensor {name:?}"))?;
         if n_dims as usize > MAX_DIMS {
-            return Err(GgufParseError::TooManyDims { tensor: name, n_dims, max: MAX_DIMS });
+            return Err(GgufParseError::TooManyDims {
+                tensor: name,
+                n_dims,
+                max: MAX_DIMS,
+            });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -186,8 +210,15 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
             Some(t) => t,
             None => {
                 return Err(match removed_type_name(type_id) {
-                    Some(old) => GgufParseError::RemovedType { tensor: name, name: old, type_id },
-                    None => GgufParseError::UnknownType { tensor: name, type_id },
+                    Some(old) => GgufParseError::RemovedType {
+                        tensor: name,
+                        name: old,
+                        type_id,
+                    },
+                    None => GgufParseError::UnknownType {
+                        tensor: name,
+                        type_id,
+                    },
                 });
             }
         };
@@ -197,13 +228,25 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
             ty,
             why,
         };
-        let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad_shape("element count overflows"))?;
-        if dims.first().is_some_and(|&ne0| ne0 % ty.block_size() as u64 != 0) {
+        let n_elements = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad_shape("element count overflows"))?;
+        if dims
+            .first()
+            .is_some_and(|&ne0| ne0 % ty.block_size() as u64 != 0)
+        {
             return Err(bad_shape("row length is not a multiple of the block size"));
         }
-        let nbytes = ty.bytes_for(n_elements).ok_or_else(|| bad_shape("element count overflows"))?;
+        let nbytes = ty
+            .bytes_for(n_elements)
+            .ok_or_else(|| bad_shape("element count overflows"))?;
         if offset % alignment != 0 {
-            return Err(GgufParseError::MisalignedOffset { tensor: name, offset, alignment });
+            return Err(GgufParseError::MisalignedOffset {
+                tensor: name,
+                offset,
+                alignment,
+            });
         }
         let start = data_offset.checked_add(offset);
         let end = start.and_then(|s| s.checked_add(nbytes));
@@ -213,7 +256,14 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
                 if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                     return Err(GgufParseError::DuplicateTensor(name));
                 }
-                tensors.push(TensorInfo { name, dtype: StorageType::Ggml(ty), shape, ggml_dims: dims, offset: start, nbytes });
+                tensors.push(TensorInfo {
+                    name,
+                    dtype: StorageType::Ggml(ty),
+                    shape,
+                    ggml_dims: dims,
+                    offset: start,
+                    nbytes,
+                });
             }
             _ => {
                 return Err(GgufParseError::OutOfBounds {
@@ -226,7 +276,15 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
         }
     }
 
-    let mut header = GgufHeader { version, alignment, metadata, tensors, data_offset, key_index, tensor_index };
+    let mut header = GgufHeader {
+        version,
+        alignment,
+        metadata,
+        tensors,
+        data_offset,
+        key_index,
+        tensor_index,
+    };
     apply_orig_shapes(&mut header)?;
     Ok(header)
 }
@@ -235,15 +293,25 @@ pub fn parse_header(data: &[u8]) -> Result<GgufHeader> {
 /// PyTorch shape in `comfy.gguf.orig_shape.<name>`; the recorded shape is the real one.
 fn apply_orig_shapes(header: &mut GgufHeader) -> Result<()> {
     for (key, value) in &header.metadata {
-        let Some(name) = key.strip_prefix(ORIG_SHAPE_PREFIX) else { continue };
-        let bad = |why: String| GgufParseError::BadOrigShape { key: key.clone(), why };
+        let Some(name) = key.strip_prefix(ORIG_SHAPE_PREFIX) else {
+            continue;
+        };
+        let bad = |why: String| GgufParseError::BadOrigShape {
+            key: key.clone(),
+            why,
+        };
         let Some(&idx) = header.tensor_index.get(name) else {
             return Err(bad("names a tensor the file does not contain".into()));
         };
         let dims = value
             .as_array()
             .and_then(ArrayValue::as_i64_vec)
-            .ok_or_else(|| bad(format!("expected an array of integers, found {}", value.type_name())))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "expected an array of integers, found {}",
+                    value.type_name()
+                ))
+            })?;
         if dims.len() > MAX_DIMS || dims.iter().any(|&d| d < 0) {
             return Err(bad(format!("invalid shape {dims:?}")));
         }
@@ -266,8 +334,16 @@ pub(crate) fn align_up(offset: u64, alignment: u64) -> u64 {
     offset.div_ceil(alignment).saturating_mul(alignment)
 }
 
-fn read_value(cur: &mut Cursor<'_>, key: &str, type_id: u32, depth: usize) -> Result<MetadataValue> {
-    let ty = ValueType::from_id(type_id).ok_or_else(|| GgufParseError::BadValueType { key: key.to_string(), type_id })?;
+fn read_value(
+    cur: &mut Cursor<'_>,
+    key: &str,
+    type_id: u32,
+    depth: usize,
+) -> Result<MetadataValue> {
+    let ty = ValueType::from_id(type_id).ok_or_else(|| GgufParseError::BadValueType {
+        key: key.to_string(),
+        type_id,
+    })?;
     let what = || format!("the value of metadata key {key:?}");
     Ok(match ty {
         ValueType::U8 => MetadataValue::U8(cur.array::<1>(&what)?[0]),
@@ -288,18 +364,29 @@ fn read_value(cur: &mut Cursor<'_>, key: &str, type_id: u32, depth: usize) -> Re
 
 fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<ArrayValue> {
     if depth >= MAX_ARRAY_NESTING {
-        return Err(GgufParseError::NestingTooDeep { key: key.to_string(), max: MAX_ARRAY_NESTING });
+        return Err(GgufParseError::NestingTooDeep {
+            key: key.to_string(),
+            max: MAX_ARRAY_NESTING,
+        });
     }
     let what = || format!("the array of metadata key {key:?}");
     let type_id = cur.u32(&what)?;
-    let elem = ValueType::from_id(type_id).ok_or_else(|| GgufParseError::BadValueType { key: key.to_string(), type_id })?;
+    let elem = ValueType::from_id(type_id).ok_or_else(|| GgufParseError::BadValueType {
+        key: key.to_string(),
+        type_id,
+    })?;
     let n = cur.count(elem.min_encoded_size(), &what)? as usize;
 
     macro_rules! fixed {
         ($variant:ident, $t:ty) => {{
             const SIZE: usize = std::mem::size_of::<$t>();
             let bytes = cur.take((n * SIZE) as u64, &what)?;
-            ArrayValue::$variant(bytes.chunks_exact(SIZE).map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size"))).collect())
+            ArrayValue::$variant(
+                bytes
+                    .chunks_exact(SIZE)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size")))
+                    .collect(),
+            )
         }};
     }
     Ok(match elem {
@@ -313,7 +400,9 @@ fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<ArrayValu
         ValueType::U64 => fixed!(U64, u64),
         ValueType::I64 => fixed!(I64, i64),
         ValueType::F64 => fixed!(F64, f64),
-        ValueType::Bool => ArrayValue::Bool(cur.take(n as u64, &what)?.iter().map(|&b| b != 0).collect()),
+        ValueType::Bool => {
+            ArrayValue::Bool(cur.take(n as u64, &what)?.iter().map(|&b| b != 0).collect())
+        }
         ValueType::String => {
             let mut v = Vec::with_capacity(n);
             for _ in 0..n {

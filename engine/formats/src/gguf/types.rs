@@ -147,7 +147,10 @@ mod tests {
         for &t in GgmlType::ALL {
             assert_eq!(GgmlType::from_id(t.id()), Some(t));
             assert_eq!(GgmlType::from_name(&t.name().to_lowercase()), Some(t));
-            assert!(removed_type_name(t.id()).is_none(), "{t} id reused by a removed type");
+            assert!(
+                removed_type_name(t.id()).is_none(),
+                "{t} id reused by a removed type"
+            );
         }
         assert_eq!(GgmlType::from_id(4), None);
         assert_eq!(GgmlType::from_id(1000), None);
@@ -156,10 +159,22 @@ mod tests {
     #[test]
     fn layouts_match_ggml_block_structs() {
         // Spot checks against ggml-common.h's static_asserts.
-        assert_eq!((GgmlType::Q4_K.block_size(), GgmlType::Q4_K.type_size()), (256, 144));
-        assert_eq!((GgmlType::Q6_K.block_size(), GgmlType::Q6_K.type_size()), (256, 210));
-        assert_eq!((GgmlType::Q8_0.block_size(), GgmlType::Q8_0.type_size()), (32, 34));
-        assert_eq!((GgmlType::IQ4_XS.block_size(), GgmlType::IQ4_XS.type_size()), (256, 136));
+        assert_eq!(
+            (GgmlType::Q4_K.block_size(), GgmlType::Q4_K.type_size()),
+            (256, 144)
+        );
+        assert_eq!(
+            (GgmlType::Q6_K.block_size(), GgmlType::Q6_K.type_size()),
+            (256, 210)
+        );
+        assert_eq!(
+            (GgmlType::Q8_0.block_size(), GgmlType::Q8_0.type_size()),
+            (32, 34)
+        );
+        assert_eq!(
+            (GgmlType::IQ4_XS.block_size(), GgmlType::IQ4_XS.type_size()),
+            (256, 136)
+        );
         assert_eq!(GgmlType::Q2_K.type_size(), 84);
         assert_eq!(GgmlType::Q3_K.type_size(), 110);
         assert_eq!(GgmlType::Q5_K.type_size(), 176);

@@ -33,15 +33,23 @@ impl Default for GgufWriter {
 
 impl GgufWriter {
     pub fn new() -> Self {
-        GgufWriter { alignment: DEFAULT_ALIGNMENT, metadata: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// Sets the data alignment (a power of two); also recorded as `general.alignment`.
     pub fn with_alignment(mut self, alignment: u32) -> Self {
-        assert!(alignment.is_power_of_two(), "alignment must be a power of two");
+        assert!(
+            alignment.is_power_of_two(),
+            "alignment must be a power of two"
+        );
         self.alignment = u64::from(alignment);
         self.metadata.retain(|(k, _)| k != "general.alignment");
-        self.metadata.push(("general.alignment".into(), MetadataValue::U32(alignment)));
+        self.metadata
+            .push(("general.alignment".into(), MetadataValue::U32(alignment)));
         self
     }
 
@@ -56,19 +64,41 @@ impl GgufWriter {
     }
 
     /// Adds a tensor from its raw bytes in `ty`; `shape` is in PyTorch order.
-    pub fn add_raw_tensor(&mut self, name: impl Into<String>, ty: GgmlType, shape: &[u64], data: Vec<u8>) -> Result<&mut Self, DequantError> {
+    pub fn add_raw_tensor(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        shape: &[u64],
+        data: Vec<u8>,
+    ) -> Result<&mut Self, DequantError> {
         let name = name.into();
         let n: u64 = shape.iter().product();
         let row = shape.last().copied().unwrap_or(1);
         if row % ty.block_size() as u64 != 0 || ty.bytes_for(n) != Some(data.len() as u64) {
-            return Err(DequantError::SizeMismatch { tensor: name, ty: ty.name().into(), bytes: data.len(), elements: n as usize });
+            return Err(DequantError::SizeMismatch {
+                tensor: name,
+                ty: ty.name().into(),
+                bytes: data.len(),
+                elements: n as usize,
+            });
         }
-        self.tensors.push(PendingTensor { name, ty, shape: shape.to_vec(), data });
+        self.tensors.push(PendingTensor {
+            name,
+            ty,
+            shape: shape.to_vec(),
+            data,
+        });
         Ok(self)
     }
 
     /// Adds a tensor quantized from f32 values (row-major, PyTorch-order `shape`).
-    pub fn add_tensor(&mut self, name: impl Into<String>, ty: GgmlType, shape: &[u64], values: &[f32]) -> Result<&mut Self, DequantError> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        shape: &[u64],
+        values: &[f32],
+    ) -> Result<&mut Self, DequantError> {
         let row = shape.last().copied().unwrap_or(1) as usize;
         let data = quant::quantize(ty, values, row.max(1))?;
         self.add_raw_tensor(name, ty, shape, data)
@@ -111,7 +141,8 @@ impl GgufWriter {
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), FormatError> {
         let path = path.as_ref();
         let file = std::fs::File::create(path).map_err(|e| FormatError::io(path, e))?;
-        self.write_to(io::BufWriter::new(file)).map_err(|e| FormatError::io(path, e))
+        self.write_to(io::BufWriter::new(file))
+            .map_err(|e| FormatError::io(path, e))
     }
 }
 
@@ -143,7 +174,8 @@ fn put_array(out: &mut Vec<u8>, a: &ArrayValue) {
     out.extend_from_slice(&(a.len() as u64).to_le_bytes());
     macro_rules! each {
         ($v:expr) => {
-            $v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+            $v.iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
         };
     }
     match a {

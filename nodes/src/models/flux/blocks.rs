@@ -21,7 +21,12 @@ pub struct MlpEmbedder<B: Backend> {
 }
 
 impl<B: Backend> MlpEmbedder<B> {
-    pub fn load(w: &Weights<B>, name: &str, d_in: usize, hidden: usize) -> Result<Self, ModelError> {
+    pub fn load(
+        w: &Weights<B>,
+        name: &str,
+        d_in: usize,
+        hidden: usize,
+    ) -> Result<Self, ModelError> {
         Ok(MlpEmbedder {
             in_layer: w.linear(&format!("{name}.in_layer"), d_in, hidden)?,
             out_layer: w.linear(&format!("{name}.out_layer"), hidden, hidden)?,
@@ -49,11 +54,17 @@ impl<B: Backend> Mod<B> {
 
 /// `lin(silu(vec))` split into `chunks` [B, 1, hidden] pieces (BFL `Modulation`).
 fn modulation<B: Backend>(lin: &Linear<B>, vec: &Tensor<B, 2>, chunks: usize) -> Vec<Tensor<B, 3>> {
-    lin.forward(silu(vec.clone())).unsqueeze_dim::<3>(1).chunk(chunks, 2)
+    lin.forward(silu(vec.clone()))
+        .unsqueeze_dim::<3>(1)
+        .chunk(chunks, 2)
 }
 
 fn mods<B: Backend>(parts: &[Tensor<B, 3>]) -> Mod<B> {
-    Mod { shift: parts[0].clone(), scale: parts[1].clone(), gate: parts[2].clone() }
+    Mod {
+        shift: parts[0].clone(),
+        scale: parts[1].clone(),
+        gate: parts[2].clone(),
+    }
 }
 
 /// QK-normed query/key scales of one attention.
@@ -77,15 +88,33 @@ impl<B: Backend> QkNorm<B> {
 fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, norm: &QkNorm<B>, heads: usize) -> [Tensor<B, 4>; 3] {
     let [b, l, three_hd] = qkv.dims();
     let head_dim = three_hd / (3 * heads);
-    let parts = qkv.reshape([b, l, 3, heads, head_dim]).permute([2, 0, 3, 1, 4]);
-    let take = |i: usize| parts.clone().narrow(0, i, 1).reshape([b, heads, l, head_dim]);
-    [rms_norm(take(0), &norm.query, EPS), rms_norm(take(1), &norm.key, EPS), take(2)]
+    let parts = qkv
+        .reshape([b, l, 3, heads, head_dim])
+        .permute([2, 0, 3, 1, 4]);
+    let take = |i: usize| {
+        parts
+            .clone()
+            .narrow(0, i, 1)
+            .reshape([b, heads, l, head_dim])
+    };
+    [
+        rms_norm(take(0), &norm.query, EPS),
+        rms_norm(take(1), &norm.key, EPS),
+        take(2),
+    ]
 }
 
 /// RoPE, attention, and heads merged back: [B, L, H·D].
-fn rope_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, pe: &Rope<B>) -> Tensor<B, 3> {
+fn rope_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    pe: &Rope<B>,
+) -> Tensor<B, 3> {
     let [b, h, l, d] = q.dims();
-    attention(pe.apply(q), pe.apply(k), v).swap_dims(1, 2).reshape([b, l, h * d])
+    attention(pe.apply(q), pe.apply(k), v)
+        .swap_dims(1, 2)
+        .reshape([b, l, h * d])
 }
 
 /// One stream (img or txt) of a double block.
@@ -118,7 +147,12 @@ impl<B: Backend> Stream<B> {
     }
 
     /// Modulation and the q, k, v of this stream's tokens.
-    fn pre_attention(&self, x: &Tensor<B, 3>, vec: &Tensor<B, 2>, heads: usize) -> ([Mod<B>; 2], [Tensor<B, 4>; 3]) {
+    fn pre_attention(
+        &self,
+        x: &Tensor<B, 3>,
+        vec: &Tensor<B, 2>,
+        heads: usize,
+    ) -> ([Mod<B>; 2], [Tensor<B, 4>; 3]) {
         let parts = modulation(&self.modulation, vec, 6);
         let (m1, m2) = (mods(&parts[0..3]), mods(&parts[3..6]));
         let modulated = m1.modulate(layer_norm(x.clone(), EPS));
@@ -126,9 +160,16 @@ impl<B: Backend> Stream<B> {
         ([m1, m2], qkv)
     }
 
-    fn post_attention(&self, x: Tensor<B, 3>, attn: Tensor<B, 3>, [m1, m2]: [Mod<B>; 2]) -> Tensor<B, 3> {
+    fn post_attention(
+        &self,
+        x: Tensor<B, 3>,
+        attn: Tensor<B, 3>,
+        [m1, m2]: [Mod<B>; 2],
+    ) -> Tensor<B, 3> {
         let x = x + m1.gate * self.proj.forward(attn);
-        let mlp = self.mlp_out.forward(gelu_tanh(self.mlp_in.forward(m2.modulate(layer_norm(x.clone(), EPS)))));
+        let mlp = self.mlp_out.forward(gelu_tanh(
+            self.mlp_in.forward(m2.modulate(layer_norm(x.clone(), EPS))),
+        ));
         x + m2.gate * mlp
     }
 }
@@ -151,7 +192,13 @@ impl<B: Backend> DoubleBlock<B> {
     }
 
     /// `(img, txt)` after the block. `pe` covers the text tokens, then the image tokens.
-    pub fn forward(&self, img: Tensor<B, 3>, txt: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    pub fn forward(
+        &self,
+        img: Tensor<B, 3>,
+        txt: Tensor<B, 3>,
+        vec: &Tensor<B, 2>,
+        pe: &Rope<B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let (img_mods, [img_q, img_k, img_v]) = self.img.pre_attention(&img, vec, self.heads);
         let (txt_mods, [txt_q, txt_k, txt_v]) = self.txt.pre_attention(&txt, vec, self.heads);
         let q = Tensor::cat(vec![txt_q, img_q], 2);
@@ -185,7 +232,9 @@ impl<B: Backend> SingleBlock<B> {
     pub fn load(w: &Weights<B>, index: usize, cfg: &FluxConfig) -> Result<Self, ModelError> {
         let (h, m) = (cfg.hidden, cfg.mlp_hidden);
         let name = format!("single_blocks.{index}");
-        let [qkv, mlp_in] = w.linear(&format!("{name}.linear1"), h, 3 * h + m)?.split_rows(3 * h);
+        let [qkv, mlp_in] = w
+            .linear(&format!("{name}.linear1"), h, 3 * h + m)?
+            .split_rows(3 * h);
         Ok(SingleBlock {
             modulation: w.linear(&format!("{name}.modulation.lin"), h, 3 * h)?,
             qkv,
@@ -225,6 +274,7 @@ impl<B: Backend> LastLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>) -> Tensor<B, 3> {
         let parts = modulation(&self.ada_ln, vec, 2);
         let (shift, scale) = (parts[0].clone(), parts[1].clone());
-        self.linear.forward(layer_norm(x, EPS) * (scale + 1.0) + shift)
+        self.linear
+            .forward(layer_norm(x, EPS) * (scale + 1.0) + shift)
     }
 }

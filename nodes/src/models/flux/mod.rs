@@ -59,7 +59,9 @@ impl FluxConfig {
         let dims2 = |name: &str| -> Result<[usize; 2], ModelError> {
             match w.shape(name)?.as_slice() {
                 &[a, b] => Ok([a, b]),
-                other => Err(w.config_error(format!("{name} has shape {other:?}, expected a matrix"))),
+                other => {
+                    Err(w.config_error(format!("{name} has shape {other:?}, expected a matrix")))
+                }
             }
         };
         let [hidden, in_channels] = dims2("img_in.weight")?;
@@ -67,14 +69,23 @@ impl FluxConfig {
         let [_, vec_dim] = dims2("vector_in.in_layer.weight")?;
         let [mlp_hidden, _] = dims2("double_blocks.0.img_mlp.0.weight")?;
         let [out_channels, _] = dims2("final_layer.linear.weight")?;
-        let head_dim = match w.shape("double_blocks.0.img_attn.norm.query_norm.scale")?.as_slice() {
+        let head_dim = match w
+            .shape("double_blocks.0.img_attn.norm.query_norm.scale")?
+            .as_slice()
+        {
             &[d] if d > 0 && d % 2 == 0 && hidden % d == 0 => d,
-            other => return Err(w.config_error(format!("query_norm.scale of shape {other:?} does not fit hidden width {hidden}"))),
+            other => {
+                return Err(w.config_error(format!(
+                    "query_norm.scale of shape {other:?} does not fit hidden width {hidden}"
+                )));
+            }
         };
         let t_axis = head_dim / 8;
         let rest = head_dim - t_axis;
         if t_axis % 2 != 0 || rest % 4 != 0 {
-            return Err(w.config_error(format!("head dim {head_dim} cannot be split into Flux's three even RoPE axes")));
+            return Err(w.config_error(format!(
+                "head dim {head_dim} cannot be split into Flux's three even RoPE axes"
+            )));
         }
         Ok(FluxConfig {
             in_channels,
@@ -112,8 +123,15 @@ pub fn detect<B: Backend>(source: &dyn TensorSource<B>) -> Result<&'static str, 
     }
     Weights::find_prefix(source, MARKER, PREFIXES).ok_or_else(|| match source.architecture() {
         // Declared flux but the tensors are missing: say which one.
-        Some(_) => ModelError::MissingTensor { origin: source.origin(), name: MARKER.into(), hint: String::new() },
-        None => unsupported(recognise(source).unwrap_or_else(|| format!("unknown (no {MARKER:?}, with or without a prefix)"))),
+        Some(_) => ModelError::MissingTensor {
+            origin: source.origin(),
+            name: MARKER.into(),
+            hint: String::new(),
+        },
+        None => unsupported(
+            recognise(source)
+                .unwrap_or_else(|| format!("unknown (no {MARKER:?}, with or without a prefix)")),
+        ),
     })
 }
 
@@ -126,10 +144,16 @@ fn recognise<B: Backend>(source: &dyn TensorSource<B>) -> Option<String> {
         ("decoder.conv_in.weight", "an AutoencoderKL (VAE)"),
         ("encoder.conv_in.weight", "an AutoencoderKL (VAE)"),
         ("enc.blk.0.attn_q.weight", "a T5 text encoder"),
-        ("text_model.encoder.layers.0.mlp.fc1.weight", "a CLIP text encoder"),
+        (
+            "text_model.encoder.layers.0.mlp.fc1.weight",
+            "a CLIP text encoder",
+        ),
     ];
     let names: Vec<&str> = source.names().collect();
-    KNOWN.iter().find(|(marker, _)| names.iter().any(|n| n.ends_with(marker))).map(|(_, what)| (*what).to_owned())
+    KNOWN
+        .iter()
+        .find(|(marker, _)| names.iter().any(|n| n.ends_with(marker)))
+        .map(|(_, what)| (*what).to_owned())
 }
 
 /// The Flux transformer.
@@ -169,22 +193,31 @@ impl<B: Backend> Flux<B> {
     /// Loads the weights of a given config (names relative to `w`'s prefix).
     pub fn load_with_config(w: &Weights<B>, config: FluxConfig) -> Result<Self, ModelError> {
         let h = config.hidden;
-        if config.axes_dim.iter().sum::<usize>() != config.head_dim || config.heads * config.head_dim != h {
+        if config.axes_dim.iter().sum::<usize>() != config.head_dim
+            || config.heads * config.head_dim != h
+        {
             return Err(w.config_error(format!("inconsistent Flux config {config:?}")));
         }
         if config.depth == 0 {
             return Err(w.config_error("no double_blocks"));
         }
-        let guidance_in =
-            if config.guidance_embed { Some(MlpEmbedder::load(w, "guidance_in", 256, h)?) } else { None };
+        let guidance_in = if config.guidance_embed {
+            Some(MlpEmbedder::load(w, "guidance_in", 256, h)?)
+        } else {
+            None
+        };
         Ok(Flux {
             img_in: w.linear("img_in", config.in_channels, h)?,
             txt_in: w.linear("txt_in", config.context_dim, h)?,
             time_in: MlpEmbedder::load(w, "time_in", 256, h)?,
             vector_in: MlpEmbedder::load(w, "vector_in", config.vec_dim, h)?,
             guidance_in,
-            double_blocks: (0..config.depth).map(|i| DoubleBlock::load(w, i, &config)).collect::<Result<_, _>>()?,
-            single_blocks: (0..config.depth_single).map(|i| SingleBlock::load(w, i, &config)).collect::<Result<_, _>>()?,
+            double_blocks: (0..config.depth)
+                .map(|i| DoubleBlock::load(w, i, &config))
+                .collect::<Result<_, _>>()?,
+            single_blocks: (0..config.depth_single)
+                .map(|i| SingleBlock::load(w, i, &config))
+                .collect::<Result<_, _>>()?,
             final_layer: LastLayer::load(w, &config)?,
             config,
         })
@@ -215,20 +248,61 @@ impl<B: Backend> Flux<B> {
         let [b, l_img, ch] = img.dims();
         let [cb, l_txt, ctx] = cond.context.dims();
         let [yb, yd] = cond.y.dims();
-        let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(ModelError::input("flux", what)) };
-        check(ch == c.in_channels, format!("image tokens have {ch} channels, the model takes {}", c.in_channels))?;
-        check(cb == b && ctx == c.context_dim, format!("context {:?}, expected [{b}, L, {}]", [cb, l_txt, ctx], c.context_dim))?;
-        check(yb == b && yd == c.vec_dim, format!("pooled vector {:?}, expected [{b}, {}]", [yb, yd], c.vec_dim))?;
-        check(timesteps.len() == b, format!("{} timesteps for a batch of {b}", timesteps.len()))?;
-        check(img_ids.len() == l_img && txt_ids.len() == l_txt, format!(
-            "{} image / {} text ids for {l_img} image / {l_txt} text tokens", img_ids.len(), txt_ids.len()
-        ))?;
+        let check = |ok: bool, what: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ModelError::input("flux", what))
+            }
+        };
+        check(
+            ch == c.in_channels,
+            format!(
+                "image tokens have {ch} channels, the model takes {}",
+                c.in_channels
+            ),
+        )?;
+        check(
+            cb == b && ctx == c.context_dim,
+            format!(
+                "context {:?}, expected [{b}, L, {}]",
+                [cb, l_txt, ctx],
+                c.context_dim
+            ),
+        )?;
+        check(
+            yb == b && yd == c.vec_dim,
+            format!(
+                "pooled vector {:?}, expected [{b}, {}]",
+                [yb, yd],
+                c.vec_dim
+            ),
+        )?;
+        check(
+            timesteps.len() == b,
+            format!("{} timesteps for a batch of {b}", timesteps.len()),
+        )?;
+        check(
+            img_ids.len() == l_img && txt_ids.len() == l_txt,
+            format!(
+                "{} image / {} text ids for {l_img} image / {l_txt} text tokens",
+                img_ids.len(),
+                txt_ids.len()
+            ),
+        )?;
 
-        let mut vec = self.time_in.forward(timestep_embedding(timesteps, 256, 1000.0, &device));
+        let mut vec = self
+            .time_in
+            .forward(timestep_embedding(timesteps, 256, 1000.0, &device));
         if let Some(guidance_in) = &self.guidance_in {
             // ComfyUI passes 3.5 when no guidance is given; requiring it keeps the choice visible.
-            let g = cond.guidance.as_deref().ok_or_else(|| ModelError::input("flux", "this model (dev) needs a guidance value"))?;
-            check(g.len() == b, format!("{} guidance values for a batch of {b}", g.len()))?;
+            let g = cond.guidance.as_deref().ok_or_else(|| {
+                ModelError::input("flux", "this model (dev) needs a guidance value")
+            })?;
+            check(
+                g.len() == b,
+                format!("{} guidance values for a batch of {b}", g.len()),
+            )?;
             vec = vec + guidance_in.forward(timestep_embedding(g, 256, 1000.0, &device));
         }
         vec = vec + self.vector_in.forward(cond.y.clone());
@@ -252,10 +326,21 @@ impl<B: Backend> Flux<B> {
     /// The model on a latent [B, C, H, W] (C·4 = in_channels), ComfyUI style: odd sizes are
     /// padded circularly to whole 2x2 patches, text ids are zeros, and the output is cropped
     /// back to [B, C_out/4, H, W].
-    pub fn forward_latent(&self, x: Tensor<B, 4>, timesteps: &[f32], cond: &FluxConditioning<B>) -> Result<Tensor<B, 4>, ModelError> {
+    pub fn forward_latent(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: &[f32],
+        cond: &FluxConditioning<B>,
+    ) -> Result<Tensor<B, 4>, ModelError> {
         let [b, c, h, w] = x.dims();
         if c * 4 != self.config.in_channels {
-            return Err(ModelError::input("flux", format!("latent has {c} channels, the model takes {}", self.config.in_channels / 4)));
+            return Err(ModelError::input(
+                "flux",
+                format!(
+                    "latent has {c} channels, the model takes {}",
+                    self.config.in_channels / 4
+                ),
+            ));
         }
         if h == 0 || w == 0 {
             return Err(ModelError::input("flux", "empty latent"));
@@ -272,36 +357,55 @@ impl<B: Backend> Flux<B> {
 /// Ids of a `rows` x `cols` patch grid, row-major: (0, row, col), as FluxPipeline and ComfyUI
 /// make them.
 pub fn image_ids(rows: usize, cols: usize) -> Vec<[f32; 3]> {
-    (0..rows).flat_map(|r| (0..cols).map(move |c| [0.0, r as f32, c as f32])).collect()
+    (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| [0.0, r as f32, c as f32]))
+        .collect()
 }
 
 /// Repeats the first rows/columns at the end so that H and W are even (`padding_mode="circular"`).
 fn pad_to_patches<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, h, w] = x.dims();
-    let x = if h % 2 == 1 { Tensor::cat(vec![x.clone(), x.narrow(2, 0, 1)], 2) } else { x };
-    if w % 2 == 1 { Tensor::cat(vec![x.clone(), x.narrow(3, 0, 1)], 3) } else { x }
+    let x = if h % 2 == 1 {
+        Tensor::cat(vec![x.clone(), x.narrow(2, 0, 1)], 2)
+    } else {
+        x
+    };
+    if w % 2 == 1 {
+        Tensor::cat(vec![x.clone(), x.narrow(3, 0, 1)], 3)
+    } else {
+        x
+    }
 }
 
 /// [B, C, H, W] → [B, (H/2)(W/2), C·4]: "b c (h ph) (w pw) -> b (h w) (c ph pw)".
 pub fn patchify<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h / 2, 2, w / 2, 2]).permute([0, 2, 4, 1, 3, 5]).reshape([b, (h / 2) * (w / 2), c * 4])
+    x.reshape([b, c, h / 2, 2, w / 2, 2])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, (h / 2) * (w / 2), c * 4])
 }
 
 /// The inverse of [`patchify`] for a `rows` x `cols` grid.
 pub fn unpatchify<B: Backend>(x: Tensor<B, 3>, rows: usize, cols: usize) -> Tensor<B, 4> {
     let [b, _, cp] = x.dims();
     let c = cp / 4;
-    x.reshape([b, rows, cols, c, 2, 2]).permute([0, 3, 1, 4, 2, 5]).reshape([b, c, rows * 2, cols * 2])
+    x.reshape([b, rows, cols, c, 2, 2])
+        .permute([0, 3, 1, 4, 2, 5])
+        .reshape([b, c, rows * 2, cols * 2])
 }
 
 /// Ids as a host list from a tensor [L, 3] (as diffusers and the fixtures store them).
 pub fn ids_from_tensor<B: Backend>(ids: Tensor<B, 2>) -> Result<Vec<[f32; 3]>, ModelError> {
     let [_, three] = ids.dims();
     if three != 3 {
-        return Err(ModelError::input("flux", format!("position ids have {three} columns, expected 3")));
+        return Err(ModelError::input(
+            "flux",
+            format!("position ids have {three} columns, expected 3"),
+        ));
     }
     let data: TensorData = ids.into_data();
-    let values = data.to_vec::<f32>().map_err(|e| ModelError::input("flux", format!("position ids: {e:?}")))?;
+    let values = data
+        .to_vec::<f32>()
+        .map_err(|e| ModelError::input("flux", format!("position ids: {e:?}")))?;
     Ok(values.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect())
 }

@@ -31,8 +31,12 @@ impl<B: Backend> Rope<B> {
                 }
             }
         }
-        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [ids.len(), head_dim]), device);
-        Rope { cos: table(cos), sin: table(sin) }
+        let table =
+            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [ids.len(), head_dim]), device);
+        Rope {
+            cos: table(cos),
+            sin: table(sin),
+        }
     }
 
     /// Rotates q or k, [B, H, L, D]: pair (x₀, x₁) becomes (x₀·c − x₁·s, x₁·c + x₀·s).
@@ -42,8 +46,13 @@ impl<B: Backend> Rope<B> {
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, l, d] = x.dims();
         let pairs = x.clone().reshape([b, h, l, d / 2, 2]);
-        let rotated = Tensor::cat(vec![pairs.clone().narrow(4, 1, 1).neg(), pairs.narrow(4, 0, 1)], 4).reshape([b, h, l, d]);
-        x * self.cos.clone().reshape([1, 1, l, d]) + rotated * self.sin.clone().reshape([1, 1, l, d])
+        let rotated = Tensor::cat(
+            vec![pairs.clone().narrow(4, 1, 1).neg(), pairs.narrow(4, 0, 1)],
+            4,
+        )
+        .reshape([b, h, l, d]);
+        x * self.cos.clone().reshape([1, 1, l, d])
+            + rotated * self.sin.clone().reshape([1, 1, l, d])
     }
 
     /// Sequence length the tables cover.

@@ -44,7 +44,11 @@ pub struct CfgDenoiser<'a, F> {
 impl<'a, F> CfgDenoiser<'a, F> {
     /// Guides `model` with scale `cfg`.
     pub fn new(model_sampling: &'a ModelSampling, cfg: f64, model: F) -> Self {
-        Self { model_sampling, cfg, model }
+        Self {
+            model_sampling,
+            cfg,
+            model,
+        }
     }
 }
 
@@ -56,11 +60,16 @@ where
         let ms = self.model_sampling;
         let input = ms.calculate_input(sigma, x.clone());
         let timestep = ms.timestep(sigma);
-        let cond = ms.calculate_denoised(sigma, (self.model)(input.clone(), timestep, Guidance::Positive)?, x.clone());
+        let cond = ms.calculate_denoised(
+            sigma,
+            (self.model)(input.clone(), timestep, Guidance::Positive)?,
+            x.clone(),
+        );
         if cfg_is_skipped(self.cfg) {
             return Ok(cond);
         }
-        let uncond = ms.calculate_denoised(sigma, (self.model)(input, timestep, Guidance::Negative)?, x);
+        let uncond =
+            ms.calculate_denoised(sigma, (self.model)(input, timestep, Guidance::Negative)?, x);
         Ok(cfg_combine(cond, uncond, self.cfg as f32))
     }
 }

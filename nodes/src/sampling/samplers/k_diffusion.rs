@@ -23,15 +23,34 @@ pub(super) struct Ctx<'a, 'h, B: Backend> {
 
 impl<B: Backend> Ctx<'_, '_, B> {
     fn denoise(&mut self, x: &Tensor<B, 4>, sigma: f32) -> Result<Tensor<B, 4>, SamplingError> {
-        if self.hooks.is_cancelled.as_ref().is_some_and(|cancelled| cancelled()) {
+        if self
+            .hooks
+            .is_cancelled
+            .as_ref()
+            .is_some_and(|cancelled| cancelled())
+        {
             return Err(SamplingError::Cancelled);
         }
         self.denoiser.denoise(x.clone(), sigma)
     }
 
-    fn report(&mut self, step: usize, sigma: f32, sigma_hat: f32, x: &Tensor<B, 4>, denoised: &Tensor<B, 4>) {
+    fn report(
+        &mut self,
+        step: usize,
+        sigma: f32,
+        sigma_hat: f32,
+        x: &Tensor<B, 4>,
+        denoised: &Tensor<B, 4>,
+    ) {
         if let Some(on_step) = self.hooks.on_step.as_mut() {
-            on_step(&StepInfo { step, total_steps: self.total_steps, sigma, sigma_hat, x, denoised });
+            on_step(&StepInfo {
+                step,
+                total_steps: self.total_steps,
+                sigma,
+                sigma_hat,
+                x,
+                denoised,
+            });
         }
     }
 }
@@ -85,7 +104,9 @@ fn ancestral_step_rf(sigma: f32, sigma_next: f32, eta: f32) -> (f32, f32, f32) {
     let sigma_down = sigma_next * downstep_ratio;
     let alpha_next = 1.0 - sigma_next;
     let alpha_down = 1.0 - sigma_down;
-    let renoise = (sigma_next * sigma_next - (sigma_down * sigma_down * (alpha_next * alpha_next)) / (alpha_down * alpha_down)).sqrt();
+    let renoise = (sigma_next * sigma_next
+        - (sigma_down * sigma_down * (alpha_next * alpha_next)) / (alpha_down * alpha_down))
+        .sqrt();
     (sigma_down, alpha_next / alpha_down, renoise)
 }
 
@@ -94,7 +115,11 @@ fn lerp_half(start: f32, end: f32) -> f32 {
     end - (end - start) * 0.5
 }
 
-fn euler<B: Backend>(ctx: &mut Ctx<'_, '_, B>, mut x: Tensor<B, 4>, sigmas: &[f32]) -> Result<Tensor<B, 4>, SamplingError> {
+fn euler<B: Backend>(
+    ctx: &mut Ctx<'_, '_, B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+) -> Result<Tensor<B, 4>, SamplingError> {
     for i in 0..sigmas.len() - 1 {
         let sigma_hat = sigmas[i];
         let denoised = ctx.denoise(&x, sigma_hat)?;
@@ -139,18 +164,24 @@ fn euler_ancestral_rf<B: Backend>(
         if sigmas[i + 1] == 0.0 {
             x = denoised;
         } else {
-            let (sigma_down, alpha_ratio, renoise) = ancestral_step_rf(sigmas[i], sigmas[i + 1], ETA);
+            let (sigma_down, alpha_ratio, renoise) =
+                ancestral_step_rf(sigmas[i], sigmas[i + 1], ETA);
             let ratio = sigma_down / sigmas[i];
             x = x.mul_scalar(ratio) + denoised.mul_scalar(1.0 - ratio);
             if ETA > 0.0 {
-                x = x.mul_scalar(alpha_ratio) + noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
+                x = x.mul_scalar(alpha_ratio)
+                    + noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
             }
         }
     }
     Ok(x)
 }
 
-fn heun<B: Backend>(ctx: &mut Ctx<'_, '_, B>, mut x: Tensor<B, 4>, sigmas: &[f32]) -> Result<Tensor<B, 4>, SamplingError> {
+fn heun<B: Backend>(
+    ctx: &mut Ctx<'_, '_, B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+) -> Result<Tensor<B, 4>, SamplingError> {
     for i in 0..sigmas.len() - 1 {
         let sigma_hat = sigmas[i];
         let denoised = ctx.denoise(&x, sigma_hat)?;
@@ -187,7 +218,11 @@ fn dpm_2_step<B: Backend>(
     Ok(x + d_2.mul_scalar(dt_2))
 }
 
-fn dpm_2<B: Backend>(ctx: &mut Ctx<'_, '_, B>, mut x: Tensor<B, 4>, sigmas: &[f32]) -> Result<Tensor<B, 4>, SamplingError> {
+fn dpm_2<B: Backend>(
+    ctx: &mut Ctx<'_, '_, B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+) -> Result<Tensor<B, 4>, SamplingError> {
     for i in 0..sigmas.len() - 1 {
         let sigma_hat = sigmas[i];
         let denoised = ctx.denoise(&x, sigma_hat)?;
@@ -226,7 +261,11 @@ fn dpm_2_ancestral<B: Backend>(
         } else {
             x = dpm_2_step(ctx, x, d, sigmas[i], sigma_down)?;
             let renoised = noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
-            x = if flow { x.mul_scalar(alpha_ratio) + renoised } else { x + renoised };
+            x = if flow {
+                x.mul_scalar(alpha_ratio) + renoised
+            } else {
+                x + renoised
+            };
         }
     }
     Ok(x)
@@ -252,7 +291,8 @@ fn dpmpp_2s_ancestral<B: Backend>(
             let (t, t_next) = (t_fn(sigmas[i]), t_fn(sigma_down));
             let h = t_next - t;
             let s = t + 0.5 * h;
-            let x_2 = x.clone().mul_scalar(sigma_fn(s) / sigma_fn(t)) - denoised.mul_scalar(expm1(-h * 0.5));
+            let x_2 = x.clone().mul_scalar(sigma_fn(s) / sigma_fn(t))
+                - denoised.mul_scalar(expm1(-h * 0.5));
             let denoised_2 = ctx.denoise(&x_2, sigma_fn(s))?;
             x = x.mul_scalar(sigma_fn(t_next) / sigma_fn(t)) - denoised_2.mul_scalar(expm1(-h));
         }
@@ -296,13 +336,18 @@ fn dpmpp_2s_ancestral_rf<B: Backend>(
             x = x.mul_scalar(down_ratio) + denoised_2.mul_scalar(1.0 - down_ratio);
         }
         if sigmas[i + 1] > 0.0 && ETA > 0.0 {
-            x = x.mul_scalar(alpha_ratio) + noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
+            x = x.mul_scalar(alpha_ratio)
+                + noise.sample(sigmas[i], sigmas[i + 1])?.mul_scalar(renoise);
         }
     }
     Ok(x)
 }
 
-fn dpmpp_2m<B: Backend>(ctx: &mut Ctx<'_, '_, B>, mut x: Tensor<B, 4>, sigmas: &[f32]) -> Result<Tensor<B, 4>, SamplingError> {
+fn dpmpp_2m<B: Backend>(
+    ctx: &mut Ctx<'_, '_, B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+) -> Result<Tensor<B, 4>, SamplingError> {
     let t_fn = |sigma: f32| -ln(sigma);
     let sigma_fn = |t: f32| exp(-t);
     let mut old_denoised: Option<Tensor<B, 4>> = None;
@@ -339,7 +384,13 @@ fn dpmpp_2m_sde<B: Backend>(
     let ms = ctx.model_sampling;
     let flow = ms.is_const();
     // sigma_to_half_log_snr: -logit(sigma) for flow models, -log(sigma) otherwise.
-    let lambda_fn = |sigma: f32| if flow { -ln(sigma / (1.0 - sigma)) } else { -ln(sigma) };
+    let lambda_fn = |sigma: f32| {
+        if flow {
+            -ln(sigma / (1.0 - sigma))
+        } else {
+            -ln(sigma)
+        }
+    };
     // offset_first_sigma_for_snr: a flow schedule starting at sigma 1 has an infinite half-logSNR.
     let mut sigmas = sigmas.to_vec();
     if flow && sigmas.len() > 1 && sigmas[0] >= 1.0 {
@@ -359,7 +410,8 @@ fn dpmpp_2m_sde<B: Backend>(
             let h_eta = h * (ETA + 1.0);
             let alpha_t = sigma_next * exp(lambda_t);
             let neg_expm1 = -expm1(-h_eta);
-            x = x.mul_scalar(sigma_next / sigma * exp(-h * ETA)) + denoised.clone().mul_scalar(alpha_t * neg_expm1);
+            x = x.mul_scalar(sigma_next / sigma * exp(-h * ETA))
+                + denoised.clone().mul_scalar(alpha_t * neg_expm1);
             if let Some(old) = &old_denoised {
                 let r = h_last / h;
                 let coeff = if heun {
@@ -370,7 +422,10 @@ fn dpmpp_2m_sde<B: Backend>(
                 x = x + (denoised.clone() - old.clone()).mul_scalar(coeff);
             }
             let scale = (-expm1(-2.0 * h * ETA)).sqrt();
-            x = x + noise.sample(sigma, sigma_next)?.mul_scalar(sigma_next).mul_scalar(scale);
+            x = x + noise
+                .sample(sigma, sigma_next)?
+                .mul_scalar(sigma_next)
+                .mul_scalar(scale);
         }
         old_denoised = Some(denoised);
         h_last = h;
@@ -394,7 +449,11 @@ fn ddpm<B: Backend>(
         let alpha_cumprod = 1.0 / (sigma * sigma + 1.0);
         let alpha_cumprod_prev = 1.0 / (sigma_prev * sigma_prev + 1.0);
         let alpha = alpha_cumprod / alpha_cumprod_prev;
-        let mut mu = (x_scaled - eps.mul_scalar(1.0 - alpha).div_scalar((1.0 - alpha_cumprod).sqrt())).mul_scalar((1.0 / alpha).sqrt());
+        let mut mu = (x_scaled
+            - eps
+                .mul_scalar(1.0 - alpha)
+                .div_scalar((1.0 - alpha_cumprod).sqrt()))
+        .mul_scalar((1.0 / alpha).sqrt());
         if sigma_prev > 0.0 {
             let scale = ((1.0 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod)).sqrt();
             mu = mu + noise.sample(sigma, sigma_prev)?.mul_scalar(scale);
@@ -419,7 +478,9 @@ fn lcm<B: Backend>(
         x = denoised;
         if sigmas[i + 1] > 0.0 {
             let fresh = noise.sample(sigmas[i], sigmas[i + 1])?;
-            x = ctx.model_sampling.noise_scaling(sigmas[i + 1], fresh, x, false);
+            x = ctx
+                .model_sampling
+                .noise_scaling(sigmas[i + 1], fresh, x, false);
         }
     }
     Ok(x)

@@ -94,11 +94,14 @@ impl SamplerKind {
 
     /// The sampler of a ComfyUI name.
     pub fn from_name(name: &str) -> Result<Self, SamplingError> {
-        Self::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| SamplingError::UnknownName {
-            what: "sampler",
-            name: name.to_owned(),
-            known: Self::ALL.iter().map(|s| s.name()).collect(),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| SamplingError::UnknownName {
+                what: "sampler",
+                name: name.to_owned(),
+                known: Self::ALL.iter().map(|s| s.name()).collect(),
+            })
     }
 
     /// ComfyUI's `DISCARD_PENULTIMATE_SIGMA_SAMPLERS`: the schedule gets a step more and loses its
@@ -158,7 +161,11 @@ pub struct TorchNoiseSampler<B: Backend> {
 impl<B: Backend> TorchNoiseSampler<B> {
     /// A sampler whose generator is seeded with `seed` exactly.
     pub fn new(seed: u64, shape: [usize; 4], device: &B::Device) -> Self {
-        Self { generator: TorchGenerator::manual_seed(seed), shape, device: device.clone() }
+        Self {
+            generator: TorchGenerator::manual_seed(seed),
+            shape,
+            device: device.clone(),
+        }
     }
 
     /// `default_noise_sampler(x, seed)` for a CPU tensor: the generator is seeded with `seed + 1`.
@@ -170,7 +177,10 @@ impl<B: Backend> TorchNoiseSampler<B> {
 impl<B: Backend> NoiseSampler<B> for TorchNoiseSampler<B> {
     fn sample(&mut self, _sigma: f32, _sigma_next: f32) -> Result<Tensor<B, 4>, SamplingError> {
         let values = self.generator.randn(&self.shape);
-        Ok(Tensor::from_data(TensorData::new(values, self.shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, self.shape),
+            &self.device,
+        ))
     }
 }
 
@@ -200,7 +210,10 @@ pub struct SamplerHooks<'a, B: Backend> {
 
 impl<B: Backend> Default for SamplerHooks<'_, B> {
     fn default() -> Self {
-        Self { on_step: None, is_cancelled: None }
+        Self {
+            on_step: None,
+            is_cancelled: None,
+        }
     }
 }
 
@@ -249,14 +262,25 @@ impl SamplerRun<'_> {
         let shape = latent_image.dims();
         let device = latent_image.device();
         // ComfyUI builds the tree over [min positive sigma, max sigma] of the schedule.
-        let sigma_min = self.sigmas.iter().copied().filter(|&s| s > 0.0).fold(f32::INFINITY, f32::min);
+        let sigma_min = self
+            .sigmas
+            .iter()
+            .copied()
+            .filter(|&s| s > 0.0)
+            .fold(f32::INFINITY, f32::min);
         let sigma_max = self.sigmas.iter().copied().fold(0.0, f32::max);
-        let brownian = matches!(self.sampler, SamplerKind::Dpmpp2mSde | SamplerKind::Dpmpp2mSdeHeun);
-        let mut noise_sampler: Box<dyn NoiseSampler<B>> = if brownian && sigma_min.is_finite() && sigma_max.is_finite() {
-            Box::new(BrownianTreeNoiseSampler::new(sigma_min, sigma_max, self.seed, shape, &device))
-        } else {
-            Box::new(TorchNoiseSampler::comfy_default(self.seed, shape, &device))
-        };
+        let brownian = matches!(
+            self.sampler,
+            SamplerKind::Dpmpp2mSde | SamplerKind::Dpmpp2mSdeHeun
+        );
+        let mut noise_sampler: Box<dyn NoiseSampler<B>> =
+            if brownian && sigma_min.is_finite() && sigma_max.is_finite() {
+                Box::new(BrownianTreeNoiseSampler::new(
+                    sigma_min, sigma_max, self.seed, shape, &device,
+                ))
+            } else {
+                Box::new(TorchNoiseSampler::comfy_default(self.seed, shape, &device))
+            };
         self.run_with_noise(denoiser, noise, latent_image, noise_sampler.as_mut(), hooks)
     }
 
@@ -277,14 +301,22 @@ impl SamplerRun<'_> {
             });
         }
         if let Some(bad) = self.sigmas.iter().find(|s| !s.is_finite() || **s < 0.0) {
-            return Err(SamplingError::invalid("sigmas", format!("{bad} is not a finite, non-negative sigma")));
+            return Err(SamplingError::invalid(
+                "sigmas",
+                format!("{bad} is not a finite, non-negative sigma"),
+            ));
         }
         let (Some(&first), Some(&last)) = (self.sigmas.first(), self.sigmas.last()) else {
             return Ok(latent_image);
         };
         let ms = self.model_sampling;
         let x = ms.noise_scaling(first, noise, latent_image, ms.max_denoise(first));
-        let mut ctx = k_diffusion::Ctx { denoiser, hooks, model_sampling: ms, total_steps: self.sigmas.len() - 1 };
+        let mut ctx = k_diffusion::Ctx {
+            denoiser,
+            hooks,
+            model_sampling: ms,
+            total_steps: self.sigmas.len() - 1,
+        };
         let x = k_diffusion::sample(self.sampler, &mut ctx, x, self.sigmas, noise_sampler)?;
         Ok(ms.inverse_noise_scaling(last, x))
     }
