@@ -4,5 +4,6 @@ mod graph;
 mod memory;
 mod models;
 mod pipeline;
+mod quickstart;
 mod sampling;
 mod text;
