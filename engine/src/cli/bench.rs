@@ -29,6 +29,12 @@ pub enum BenchCommand {
     Synth(super::bench_offload::SynthArgs),
     /// Time burn-cuda's matmul against weft's cuBLASLt path (TFLOP/s) and check that they agree.
     Gemm(crate::device::bench::GemmArgs),
+    /// Time weft's flash-attention kernel against burn-cuda's attention (TFLOP/s) and check it
+    /// against an f32 reference (non-zero exit beyond bf16/f16 tolerance).
+    Attention(crate::device::bench_attention::AttentionArgs),
+    /// Check the GPU dequantization kernels bit for bit against the CPU dequantizer, per type
+    /// and output dtype, and time them (GB/s written and read).
+    DequantGpu(crate::device::bench_dequant::DequantGpuArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -78,6 +84,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Offload(args) => super::bench_offload::run_offload(args),
         BenchCommand::Synth(args) => super::bench_offload::run_synth(args),
         BenchCommand::Gemm(args) => crate::device::bench::run_gemm(args),
+        BenchCommand::Attention(args) => crate::device::bench_attention::run_attention(args),
+        BenchCommand::DequantGpu(args) => crate::device::bench_dequant::run_dequant_gpu(args),
     }
 }
 
@@ -117,4 +125,45 @@ fn bench_dequant(file: &PathBuf, repeat: usize) -> anyhow::Result<BTreeMap<Strin
         row.seconds += best;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BenchCommand;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: BenchCommand,
+    }
+
+    #[test]
+    fn dequant_gpu_arguments() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "dequant-gpu",
+            "--device",
+            "cuda:1",
+            "--elements",
+            "4096",
+            "--types",
+            "q4_k,q8_0",
+            "--json",
+        ])
+        .unwrap();
+        let BenchCommand::DequantGpu(args) = cli.cmd else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.device, "cuda:1");
+        assert_eq!(args.elements, 4096);
+        assert_eq!(args.types, ["q4_k", "q8_0"]);
+        assert!(args.json);
+        let defaults = Cli::try_parse_from(["bench", "dequant-gpu"]).unwrap();
+        let BenchCommand::DequantGpu(args) = defaults.cmd else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.device, "cuda:0");
+        assert!(args.types.is_empty());
+    }
 }
