@@ -169,9 +169,13 @@ pub fn rms_norm<B: Backend, const D: usize>(
 
 /// Scaled dot-product attention, no mask: `softmax(q·kᵀ / √d)·v` over [B, H, L, D] inputs.
 ///
-/// It materializes the [L, L] scores (fine for CPU and tests); the GPU gets a flash kernel.
+/// burn's path materializes the [L, L] scores (fine for the CPU and tests); on burn-cuda, head dims
+/// 64 and 128 go to weft's flash-attention kernel ([`super::fast`]).
 pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     let scale = (q.dims()[3] as f64).sqrt().recip();
+    if let Some(out) = super::fast::attention(&q, &k, &v, scale as f32) {
+        return out;
+    }
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let probs = in_f32(scores, |s| softmax(s, 3));
     probs.matmul(v)

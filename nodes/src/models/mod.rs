@@ -1,6 +1,6 @@
 //! Model architectures, named as in the original checkpoints: the Flux DiT ([`flux`]) and the
 //! AutoencoderKL ([`vae`]), with the layers they share ([`layers`]) and the way they receive
-//! weights ([`source`]).
+//! weights ([`source`]); [`fast`] sends layers to device kernels where the backend has them.
 //!
 //! A model is built from a [`TensorSource`]: anything that yields named f32 tensors. A
 //! [`weft_engine::formats::ModelFile`] is one (tensors dequantized on load); the ModelPatcher can
@@ -10,6 +10,7 @@
 //! Architecture Invariant: models never read files or metadata other than through
 //! [`TensorSource`], and never panic on a bad file: a missing tensor or a wrong shape is a
 //! [`ModelError`] that names the file and the tensor.
+pub mod fast;
 pub mod flux;
 pub mod layers;
 pub mod patcher_source;
