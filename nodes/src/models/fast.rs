@@ -6,10 +6,18 @@
 //!
 //! f32 activations are rounded to bf16 for the kernel (it accumulates in f32) and the result is
 //! converted back, so outputs move by bf16 rounding (issue 6 allows bf16 tolerance on the GPU).
-//! `WEFT_FLASH_ATTENTION=0` turns the path off; a kernel that cannot be built (no NVRTC, too
-//! little shared memory) turns it off for the process with one warning.
+//!
+//! When: from [`MIN_FLASH_SCORES`] attention scores per head (sequences of about 1000 tokens) up.
+//! Below that burn's path is as fast: each kernel call waits for burn's queue and casts its inputs,
+//! and on the quickstart (272 tokens) 240 calls made its sampling 0.58 s against burn's 0.49 s,
+//! while at 1000 tokens the kernel is 12x burn's attention (docs/BENCHMARKS.md).
+//! `WEFT_FLASH_ATTENTION=0` turns the path off, `=1` takes it for every size; a kernel that cannot
+//! be built (no NVRTC, too little shared memory) turns it off for the process with one warning.
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+
+/// Query × key positions from which the flash kernel is used (see the module doc).
+pub const MIN_FLASH_SCORES: usize = 1000 * 1000;
 
 /// `softmax(q·kᵀ·scale)·v` through the device's fast kernel, or None for burn's path.
 pub fn attention<B: Backend>(
@@ -58,9 +66,14 @@ mod cuda {
         if !matches!(q.dims()[3], 64 | 128) {
             return None;
         }
-        if std::env::var_os("WEFT_FLASH_ATTENTION").is_some_and(|v| v == "0") {
-            OFF.store(true, Ordering::Relaxed);
-            return None;
+        match std::env::var("WEFT_FLASH_ATTENTION").as_deref() {
+            Ok("0") => {
+                OFF.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Ok("1") => {}
+            _ if q.dims()[2] * k.dims()[2] < super::MIN_FLASH_SCORES => return None,
+            _ => {}
         }
         let kernel = match CudaAttention::shared(q.device().index) {
             Ok(kernel) => kernel,
