@@ -7,6 +7,7 @@
 use burn::tensor::backend::Backend;
 use weft_engine::registry::{NodeRegistry, Plugin};
 
+pub mod bench;
 pub mod conditioning;
 pub mod image;
 pub mod image_io;

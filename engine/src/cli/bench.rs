@@ -35,9 +35,14 @@ pub enum BenchCommand {
     /// Check the GPU dequantization kernels bit for bit against the CPU dequantizer, per type
     /// and output dtype, and time them (GB/s written and read).
     DequantGpu(crate::device::bench_dequant::DequantGpuArgs),
+    /// Load a diffusion model on a device as its loader node would, run Euler steps on random
+    /// inputs, and report load time, per-step time and peak memory.
+    Model(super::bench_model::BenchModelArgs),
+    /// Write a Flux-shaped GGUF with random weights (city96's type mix), tensor by tensor.
+    SynthFlux(super::bench_model::SynthFluxArgs),
 }
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+pub fn run(cmd: BenchCommand, models: &impl super::bench_model::ModelBench) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Dequant {
             file,
@@ -86,6 +91,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Gemm(args) => crate::device::bench::run_gemm(args),
         BenchCommand::Attention(args) => crate::device::bench_attention::run_attention(args),
         BenchCommand::DequantGpu(args) => crate::device::bench_dequant::run_dequant_gpu(args),
+        BenchCommand::Model(args) => super::bench_model::run_model(args, models),
+        BenchCommand::SynthFlux(args) => super::bench_model::run_synth(args, models),
     }
 }
 
@@ -165,5 +172,41 @@ mod tests {
         };
         assert_eq!(args.device, "cuda:0");
         assert!(args.types.is_empty());
+    }
+
+    #[test]
+    fn model_and_synth_flux_arguments() {
+        let cli = Cli::try_parse_from([
+            "bench", "model", "f.gguf", "--device", "cuda:0", "--res", "1024", "--steps", "4",
+            "--json",
+        ])
+        .unwrap();
+        let BenchCommand::Model(args) = cli.cmd else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(
+            (args.device.as_str(), args.res, args.steps),
+            ("cuda:0", 1024, 4)
+        );
+        assert!(args.json);
+        let cli = Cli::try_parse_from([
+            "bench",
+            "synth-flux",
+            "o.gguf",
+            "--type",
+            "q4_k",
+            "--shape",
+            "tiny",
+            "--seed",
+            "3",
+        ])
+        .unwrap();
+        let BenchCommand::SynthFlux(args) = cli.cmd else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(
+            (args.quant.as_str(), args.shape.as_str(), args.seed),
+            ("q4_k", "tiny", 3)
+        );
     }
 }

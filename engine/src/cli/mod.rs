@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+pub mod bench_model;
 mod bench_offload;
 pub mod gguf;
 mod nodes;
@@ -31,7 +32,7 @@ enum Command {
     /// Inspect GGUF and safetensors model files.
     #[command(subcommand)]
     Gguf(gguf::GgufCommand),
-    /// Measure: dequantization throughput (more benchmarks join with the GPU work).
+    /// Measure: dequantization, offload, GEMM, attention, a diffusion model's steps.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Run a workflow.
@@ -50,6 +51,16 @@ pub fn main() -> ExitCode {
 /// Runs the `weft` command line with the node types of `plugins` and returns the process exit code:
 /// `fn main() -> ExitCode { weft_engine::cli::main_with((weft_nodes::Builtin, my_nodes::MyPlugin)) }`.
 pub fn main_with(plugins: impl crate::registry::Plugins) -> ExitCode {
+    main_with_models(plugins, bench_model::NoModelBench)
+}
+
+/// [`main_with`] for a binary that also knows a diffusion architecture: `models` supplies the
+/// model-specific half of `weft bench model` and `weft bench synth-flux` (the engine knows no
+/// architecture). `weft` is `main_with_models(weft_nodes::Builtin, weft_nodes::bench::FluxBench)`.
+pub fn main_with_models(
+    plugins: impl crate::registry::Plugins,
+    models: impl bench_model::ModelBench,
+) -> ExitCode {
     init_tracing();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -64,7 +75,7 @@ pub fn main_with(plugins: impl crate::registry::Plugins) -> ExitCode {
     };
     let result = match cli.command {
         Command::Gguf(cmd) => gguf::run(cmd).map(|()| ExitCode::SUCCESS),
-        Command::Bench(cmd) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Bench(cmd) => bench::run(cmd, &models).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::run(args, &plugins),
         Command::Validate(args) => validate::run(args, &plugins),
         Command::Nodes(args) => nodes::run(args, &plugins),

@@ -20,17 +20,26 @@ pub fn resident_memory() -> Option<ResidentMemory> {
     parse_status(&status)
 }
 
+/// This process's peak resident memory (`VmHWM`: anonymous and file pages), or `None` where
+/// /proc is not available.
+pub fn peak_resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_field(&status, "VmHWM:")
+}
+
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 fn parse_status(status: &str) -> Option<ResidentMemory> {
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    };
+    let field = |name: &str| status_field(status, name);
     Some(ResidentMemory {
         anon: field("RssAnon:")?,
         file: field("RssFile:")?,

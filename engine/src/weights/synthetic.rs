@@ -200,10 +200,11 @@ fn random_tensor(ty: GgmlType, n: u64, rng: &mut SplitMix64) -> Vec<u8> {
 }
 
 /// SplitMix64: fast, seedable, good enough for filler weights.
-struct SplitMix64(u64);
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -211,7 +212,8 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    fn fill(&mut self, out: &mut [u8]) {
+    /// Fills `out` with random bytes.
+    pub fn fill(&mut self, out: &mut [u8]) {
         let mut chunks = out.chunks_exact_mut(8);
         for c in &mut chunks {
             c.copy_from_slice(&self.next().to_le_bytes());

@@ -1,4 +1,4 @@
-//! The `weft` binary: the engine's CLI with the built-in nodes.
+//! The `weft` binary: the engine's CLI with the built-in nodes and the Flux benchmarks.
 fn main() -> std::process::ExitCode {
-    weft_engine::cli::main_with(weft_nodes::Builtin)
+    weft_engine::cli::main_with_models(weft_nodes::Builtin, weft_nodes::bench::FluxBench)
 }

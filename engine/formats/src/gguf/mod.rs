@@ -9,7 +9,7 @@ pub mod writer;
 pub use metadata::{ArrayValue, MetadataValue, ValueType};
 pub use reader::{GgufHeader, parse_header};
 pub use types::GgmlType;
-pub use writer::GgufWriter;
+pub use writer::{GgufStreamWriter, GgufWriter, StreamWriteError, TensorPlan};
 
 use super::error::FormatError;
 use super::tensor::TensorInfo;

@@ -7,6 +7,7 @@
 //! position ids, and back).
 mod blocks;
 mod rope;
+pub mod synthetic;
 
 pub use blocks::{DoubleBlock, LastLayer, MlpEmbedder, SingleBlock};
 pub use rope::Rope;
