@@ -370,11 +370,14 @@ impl CudaGemm {
         let layout_of = |rows, cols, ld, what| {
             lt::create_matrix_layout(dtype, rows, cols, ld).map_err(cublas_err(what))
         };
-        let desc = lt::create_matmul_desc(
-            lts::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            lts::cudaDataType_t::CUDA_R_32F,
-        )
-        .map_err(cublas_err("matmul desc"))?;
+        // f32 operands run on TF32 tensor cores (torch's `allow_tf32`); bf16/f16 accumulate in f32.
+        let compute = if dtype == lts::cudaDataType_t::CUDA_R_32F {
+            lts::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            lts::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let desc = lt::create_matmul_desc(compute, lts::cudaDataType_t::CUDA_R_32F)
+            .map_err(cublas_err("matmul desc"))?;
         // From here on `plan` owns the handles created so far (Drop destroys them on error).
         // SAFETY: `cublasLtMatmulAlgo_t` is plain data (an array of u64); it starts zeroed and is
         // overwritten by the heuristic's pick before the plan is used.

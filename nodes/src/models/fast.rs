@@ -1,7 +1,9 @@
 //! Device fast paths for the model layers, chosen by backend type: on burn-cuda,
 //! [`super::layers::attention`] runs weft's flash-attention kernel
 //! (`weft_engine::device::attention`, head dims 64 and 128) instead of burn's materialized
-//! softmax; any other backend, head dim or failure keeps burn's path. The model code stays generic
+//! softmax, and [`super::layers::Linear`] runs large products on cuBLASLt
+//! (`weft_engine::device::gemm`; f32 operands on TF32 tensor cores, bias in the epilogue); any
+//! other backend, shape or failure keeps burn's path. The model code stays generic
 //! over `B`: the CUDA backend is recognised through `Any`, without `unsafe`.
 //!
 //! f32 activations are rounded to bf16 for the kernel (it accumulates in f32) and the result is
@@ -15,6 +17,29 @@
 //! be built (no NVRTC, too little shared memory) turns it off for the process with one warning.
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+
+/// Multiply-accumulates (rows × d_in × d_out) from which a linear layer goes to cuBLASLt: each
+/// call waits for burn's queue and for its own stream, so small products stay on burn (a guess
+/// from the attention measurements, not tuned; the quickstart's layers stay below it).
+pub const MIN_GEMM_MACS: usize = 1 << 28;
+
+/// `x · Wᵀ (+ bias)` for `W` stored [d_out, d_in], on cuBLASLt, or None for burn's path.
+/// `WEFT_CUBLASLT=0` turns the path off.
+pub fn linear<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::linear(x, weight, bias)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, weight, bias);
+        None
+    }
+}
 
 /// Query × key positions from which the flash kernel is used (see the module doc).
 pub const MIN_FLASH_SCORES: usize = 1000 * 1000;
@@ -42,15 +67,80 @@ mod cuda {
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, FloatDType, Tensor};
     use std::any::Any;
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
     use weft_engine::device::attention::CudaAttention;
+    use weft_engine::device::gemm::CudaGemm;
     use weft_engine::patcher::cuda::CudaBackend;
 
     /// Set once the kernel is unavailable (or turned off) for this process.
     static OFF: AtomicBool = AtomicBool::new(false);
+    /// Set once cuBLASLt is unavailable (or turned off) for this process.
+    static GEMM_OFF: AtomicBool = AtomicBool::new(false);
 
-    fn as_cuda<B: Backend>(t: &Tensor<B, 4>) -> Option<&Tensor<CudaBackend, 4>> {
-        (t as &dyn Any).downcast_ref::<Tensor<CudaBackend, 4>>()
+    fn as_cuda<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<&Tensor<CudaBackend, D>> {
+        (t as &dyn Any).downcast_ref::<Tensor<CudaBackend, D>>()
+    }
+
+    fn back<B: Backend, const D: usize>(t: Tensor<CudaBackend, D>) -> Option<Tensor<B, D>> {
+        let t: Box<dyn Any> = Box::new(t);
+        t.downcast::<Tensor<B, D>>().ok().map(|t| *t)
+    }
+
+    /// One cuBLASLt handle per device for the process.
+    fn gemm_for(index: usize) -> Option<Arc<CudaGemm>> {
+        static INSTANCES: OnceLock<Mutex<HashMap<usize, Arc<CudaGemm>>>> = OnceLock::new();
+        let mut instances = INSTANCES
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = instances.get(&index) {
+            return Some(found.clone());
+        }
+        match CudaGemm::new(index) {
+            Ok(gemm) => {
+                let gemm = Arc::new(gemm);
+                instances.insert(index, gemm.clone());
+                Some(gemm)
+            }
+            Err(e) => {
+                tracing::warn!("cuBLASLt unavailable, using burn's matmul: {e}");
+                GEMM_OFF.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    pub fn linear<B: Backend>(
+        x: &Tensor<B, 2>,
+        weight: &Tensor<B, 2>,
+        bias: Option<&Tensor<B, 1>>,
+    ) -> Option<Tensor<B, 2>> {
+        if GEMM_OFF.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (x, weight) = (as_cuda(x)?, as_cuda(weight)?);
+        let bias = match bias {
+            Some(b) => Some(as_cuda(b)?.clone()),
+            None => None,
+        };
+        let [rows, d_in] = x.dims();
+        if rows * d_in * weight.dims()[0] < super::MIN_GEMM_MACS {
+            return None;
+        }
+        if std::env::var("WEFT_CUBLASLT").as_deref() == Ok("0") {
+            GEMM_OFF.store(true, Ordering::Relaxed);
+            return None;
+        }
+        let gemm = gemm_for(x.device().index)?;
+        match gemm.linear(x.clone(), weight.clone(), bias) {
+            Ok(out) => back(out),
+            Err(e) => {
+                tracing::debug!("cuBLASLt path not taken ({e}); using burn's matmul");
+                None
+            }
+        }
     }
 
     pub fn attention<B: Backend>(
@@ -95,11 +185,9 @@ mod cuda {
                 return None;
             }
         };
-        let out = match dtype {
+        back(match dtype {
             DType::F32 => out.cast(FloatDType::F32),
             _ => out,
-        };
-        let out: Box<dyn Any> = Box::new(out);
-        out.downcast::<Tensor<B, 4>>().ok().map(|t| *t)
+        })
     }
 }

@@ -49,13 +49,15 @@ impl<B: Backend> Linear<B> {
         let mut dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
         // One 2-D GEMM over every leading dimension; the transpose is a strided view.
-        let mut y = x
-            .reshape([rows, self.d_in()])
-            .matmul(self.weight.clone().transpose());
+        let x = x.reshape([rows, self.d_in()]);
+        dims[D - 1] = self.d_out();
+        if let Some(y) = super::fast::linear(&x, &self.weight, self.bias.as_ref()) {
+            return y.reshape(dims);
+        }
+        let mut y = x.matmul(self.weight.clone().transpose());
         if let Some(bias) = &self.bias {
             y = y + bias.clone().unsqueeze::<2>();
         }
-        dims[D - 1] = self.d_out();
         y.reshape(dims)
     }
 }
