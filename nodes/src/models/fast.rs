@@ -24,7 +24,7 @@ use burn::tensor::backend::Backend;
 pub const MIN_GEMM_MACS: usize = 1 << 28;
 
 /// `x · Wᵀ (+ bias)` for `W` stored [d_out, d_in], on cuBLASLt, or None for burn's path.
-/// `WEFT_CUBLASLT=0` turns the path off.
+/// `WEFT_CUBLASLT=0` turns the path off, `=1` takes it for every size.
 pub fn linear<B: Backend>(
     x: &Tensor<B, 2>,
     weight: &Tensor<B, 2>,
@@ -126,12 +126,14 @@ mod cuda {
             None => None,
         };
         let [rows, d_in] = x.dims();
-        if rows * d_in * weight.dims()[0] < super::MIN_GEMM_MACS {
-            return None;
-        }
-        if std::env::var("WEFT_CUBLASLT").as_deref() == Ok("0") {
-            GEMM_OFF.store(true, Ordering::Relaxed);
-            return None;
+        match std::env::var("WEFT_CUBLASLT").as_deref() {
+            Ok("0") => {
+                GEMM_OFF.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Ok("1") => {}
+            _ if rows * d_in * weight.dims()[0] < super::MIN_GEMM_MACS => return None,
+            _ => {}
         }
         let gemm = gemm_for(x.device().index)?;
         match gemm.linear(x.clone(), weight.clone(), bias) {
