@@ -280,21 +280,31 @@ pub fn write_synthetic_flux(
         path: partial.clone(),
         error,
     };
-    let file = std::fs::File::create(&partial).map_err(io_err)?;
-    let out = std::io::BufWriter::with_capacity(8 << 20, file);
-    let mut writer =
-        GgufStreamWriter::begin(out, 32, &metadata, plans.clone()).map_err(write_err)?;
-    let total = writer.total_bytes();
-    progress(writer.bytes_written(), total);
-    for (index, plan) in plans.iter().enumerate() {
-        let data = random_tensor(plan, tensor_seed(seed, index))?;
-        writer.write_tensor(&data).map_err(write_err)?;
+    let written = (|| {
+        let file = std::fs::File::create(&partial).map_err(io_err)?;
+        let out = std::io::BufWriter::with_capacity(8 << 20, file);
+        let mut writer =
+            GgufStreamWriter::begin(out, 32, &metadata, plans.clone()).map_err(write_err)?;
+        let total = writer.total_bytes();
         progress(writer.bytes_written(), total);
-    }
-    let out = writer.finish().map_err(write_err)?;
-    let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)?;
-    drop(file);
+        for (index, plan) in plans.iter().enumerate() {
+            let data = random_tensor(plan, tensor_seed(seed, index))?;
+            writer.write_tensor(&data).map_err(write_err)?;
+            progress(writer.bytes_written(), total);
+        }
+        let out = writer.finish().map_err(write_err)?;
+        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.sync_all().map_err(io_err)?;
+        Ok(total)
+    })();
+    // A failed write leaves no half-written file behind.
+    let total = match written {
+        Ok(total) => total,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     std::fs::rename(&partial, path).map_err(|error| SynthError::Io {
         path: path.to_owned(),
         error,
