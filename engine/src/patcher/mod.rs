@@ -205,6 +205,28 @@ impl<B: Backend> ModelCore<B> {
         self.lock().device_bytes
     }
 
+    /// Tensor `index` materialized with `patches` in `options`' format and uploaded, inside one
+    /// load bracket of the device; the caller decides whether it is kept.
+    fn load_one(
+        &self,
+        index: usize,
+        patches: &[&WeightPatch],
+        options: LoadOptions,
+    ) -> Result<DeviceWeight<B>, PatchError> {
+        let device_err = |error| PatchError::Device {
+            path: self.path().to_owned(),
+            error,
+        };
+        let info = &self.source.tensors()[index];
+        self.device.begin_load(&self.source).map_err(device_err)?;
+        let weight = materialize(&self.source, info, patches, options)
+            .and_then(|host| self.upload(host, &info.name, &info.shape));
+        let landed = self.device.end_load().map_err(device_err);
+        let weight = weight?;
+        landed?;
+        Ok(weight)
+    }
+
     fn upload(
         &self,
         host: HostWeight<'_>,
@@ -638,21 +660,7 @@ impl<B: Backend> ModelPatcher<B> {
         {
             return Ok(resident.weight.clone());
         }
-        let info = &core.source.tensors()[index];
-        core.device
-            .begin_load(&core.source)
-            .map_err(|error| PatchError::Device {
-                path: core.path().to_owned(),
-                error,
-            })?;
-        let weight = materialize(&core.source, info, patches, core.options)
-            .and_then(|host| core.upload(host, &info.name, &info.shape));
-        let landed = core.device.end_load().map_err(|error| PatchError::Device {
-            path: core.path().to_owned(),
-            error,
-        });
-        let weight = weight?;
-        landed?;
+        let weight = core.load_one(index, patches, core.options)?;
         state.streamed += 1;
         Ok(weight)
     }
@@ -670,25 +678,11 @@ impl<B: Backend> ModelPatcher<B> {
         let patches = keys
             .get(&index)
             .map_or(&[][..], |(_, list)| list.as_slice());
-        let info = &core.source.tensors()[index];
         let dense = LoadOptions {
             format: WeightFormat::Dequantized,
             ..core.options
         };
-        core.device
-            .begin_load(&core.source)
-            .map_err(|error| PatchError::Device {
-                path: core.path().to_owned(),
-                error,
-            })?;
-        let weight = materialize(&core.source, info, patches, dense)
-            .and_then(|host| core.upload(host, &info.name, &info.shape));
-        let landed = core.device.end_load().map_err(|error| PatchError::Device {
-            path: core.path().to_owned(),
-            error,
-        });
-        let weight = weight?;
-        landed?;
+        let weight = core.load_one(index, patches, dense)?;
         core.lock().streamed += 1;
         match weight {
             DeviceWeight::Float { tensor, .. } => Ok(tensor),
