@@ -79,6 +79,14 @@ mod cuda {
     /// Set once cuBLASLt is unavailable (or turned off) for this process.
     static GEMM_OFF: AtomicBool = AtomicBool::new(false);
 
+    static CUBLASLT: OnceLock<Option<String>> = OnceLock::new();
+    static FLASH: OnceLock<Option<String>> = OnceLock::new();
+
+    /// The environment variable `name`, read once per process (the layers ask on every call).
+    fn setting(cell: &'static OnceLock<Option<String>>, name: &str) -> Option<&'static str> {
+        cell.get_or_init(|| std::env::var(name).ok()).as_deref()
+    }
+
     fn as_cuda<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<&Tensor<CudaBackend, D>> {
         (t as &dyn Any).downcast_ref::<Tensor<CudaBackend, D>>()
     }
@@ -126,12 +134,12 @@ mod cuda {
             None => None,
         };
         let [rows, d_in] = x.dims();
-        match std::env::var("WEFT_CUBLASLT").as_deref() {
-            Ok("0") => {
+        match setting(&CUBLASLT, "WEFT_CUBLASLT") {
+            Some("0") => {
                 GEMM_OFF.store(true, Ordering::Relaxed);
                 return None;
             }
-            Ok("1") => {}
+            Some("1") => {}
             _ if rows * d_in * weight.dims()[0] < super::MIN_GEMM_MACS => return None,
             _ => {}
         }
@@ -158,12 +166,12 @@ mod cuda {
         if !matches!(q.dims()[3], 64 | 128) {
             return None;
         }
-        match std::env::var("WEFT_FLASH_ATTENTION").as_deref() {
-            Ok("0") => {
+        match setting(&FLASH, "WEFT_FLASH_ATTENTION") {
+            Some("0") => {
                 OFF.store(true, Ordering::Relaxed);
                 return None;
             }
-            Ok("1") => {}
+            Some("1") => {}
             _ if q.dims()[2] * k.dims()[2] < super::MIN_FLASH_SCORES => return None,
             _ => {}
         }
