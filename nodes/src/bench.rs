@@ -7,7 +7,7 @@ use crate::models::flux::{Flux, FluxConditioning};
 use crate::models::patcher_source::PatcherSource;
 use crate::sampling::prepare_noise;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use std::path::Path;
 use weft_engine::cli::bench_model::{BenchError, BenchInputs, DenoiseBench, ModelBench};
 use weft_engine::patcher::{LoadOptions, ModelPatcher};
@@ -20,8 +20,8 @@ pub struct FluxBench;
 const GUIDANCE: f32 = 3.5;
 
 impl ModelBench for FluxBench {
-    fn load_options(&self) -> LoadOptions {
-        load_options()
+    fn load_options(&self, weight_dtype: DType) -> LoadOptions {
+        load_options(weight_dtype)
     }
 
     fn prepare<B: Backend>(

@@ -42,12 +42,14 @@ pub fn weight_device<B: Backend>(ctx: &NodeContext<'_, B>) -> Arc<dyn WeightDevi
     }
 }
 
-/// How loaders lay weights out: dequantized to f32, the form the CPU models compute with, so a
-/// loaded model's network is built from its device copies without another copy.
-pub fn load_options() -> LoadOptions {
+/// How loaders lay weights out: dequantized to the device's weight dtype
+/// (`WeightDevice::weight_dtype`: f32 on the CPU, the form its models compute with; bf16 on
+/// CUDA, what its matrix products read), so a loaded model's network is built from its device
+/// copies without another copy of the matrices.
+pub fn load_options(weight_dtype: DType) -> LoadOptions {
     LoadOptions {
         format: WeightFormat::Dequantized,
-        compute_dtype: DType::F32,
+        compute_dtype: weight_dtype,
     }
 }
 
@@ -58,7 +60,9 @@ pub fn open_patcher<B: Backend>(
     name: &str,
 ) -> Result<ModelPatcher<B>, NodeError> {
     let path = ctx.find_model(folders, name)?;
-    ModelPatcher::open(&path, weight_device(ctx), load_options()).map_err(NodeError::other)
+    let device = weight_device(ctx);
+    let options = load_options(device.weight_dtype());
+    ModelPatcher::open(&path, device, options).map_err(NodeError::other)
 }
 
 /// A model error as a node error (it already names the file and tensor).

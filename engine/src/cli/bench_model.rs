@@ -11,6 +11,7 @@ use super::run::RunDevice;
 use crate::memory::{MemoryManager, MemoryPolicy};
 use crate::patcher::{LoadOptions, ModelPatcher, WeightDevice};
 use anyhow::Context;
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -34,8 +35,9 @@ pub struct BenchInputs {
 /// The model-specific half of `weft bench model` and `weft bench synth-flux`, supplied by the
 /// binary's node crate (`weft_nodes::bench::FluxBench` in `weft`).
 pub trait ModelBench {
-    /// How the architecture's loader node opens model files.
-    fn load_options(&self) -> LoadOptions;
+    /// How the architecture's loader node opens model files on a device whose weights are
+    /// dequantized to `weight_dtype` (`WeightDevice::weight_dtype`).
+    fn load_options(&self, weight_dtype: DType) -> LoadOptions;
 
     /// Builds the network from `patcher` (already loaded) and random inputs on `device`.
     fn prepare<B: Backend>(
@@ -80,7 +82,7 @@ const NO_MODELS: &str =
     "this binary knows no diffusion architecture (use the `weft` binary of weft-nodes)";
 
 impl ModelBench for NoModelBench {
-    fn load_options(&self) -> LoadOptions {
+    fn load_options(&self, _: DType) -> LoadOptions {
         LoadOptions::default()
     }
 
@@ -308,7 +310,7 @@ fn measure_on<B: Backend>(
         .map(|c| c.total.saturating_sub(c.free));
     let manager = MemoryManager::<B>::new(weights.clone(), MemoryPolicy::default());
     let load_started = Instant::now();
-    let patcher = ModelPatcher::open(&args.file, weights.clone(), models.load_options())
+    let patcher = ModelPatcher::open(&args.file, weights.clone(), models.load_options(weights.weight_dtype()))
         .with_context(|| format!("opening {}", args.file.display()))?;
     let open_s = load_started.elapsed().as_secs_f64();
     let upload_started = Instant::now();

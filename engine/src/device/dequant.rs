@@ -196,6 +196,17 @@ impl CudaDequant {
         Ok(prepared.out)
     }
 
+    /// Makes the kernels queued from now on wait, on the device, for the work queued on `stream`
+    /// so far (an upload into the blocks they read), without blocking the host.
+    pub fn wait_for(&self, stream: &CudaStream) -> Result<(), GpuDequantError> {
+        let event = stream
+            .record_event(None)
+            .map_err(driver_err("recording the upload's event"))?;
+        self.stream
+            .wait(&event)
+            .map_err(driver_err("ordering after the upload"))
+    }
+
     /// Waits for every queued dequantization and releases the inputs held for them.
     pub fn wait(&self) -> Result<(), GpuDequantError> {
         let result = self

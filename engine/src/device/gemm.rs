@@ -12,8 +12,12 @@
 //! output goes back to burn. The inputs are held until that wait. [`CudaGemm::enqueue`] defers
 //! the second wait to [`CudaGemm::wait`] for back-to-back products.
 //!
+//! Mixed precision: an f32 left operand times a bf16/f16 right one (f32 activations through the
+//! BF16 weights of a CUDA load) is rounded to the right operand's type first and multiplied on
+//! its tensor cores, accumulating and writing f32 (torch's autocast does the same rounding).
+//!
 //! Views that are not BLAS operands (broadcast or overlapping strides), dtypes cuBLASLt is not
-//! given here, or mixed dtypes fall back to burn's matmul.
+//! given here, or other mixes of dtypes fall back to burn's matmul.
 use super::layout::{self, LayoutError, LtProblem, View2d};
 use crate::patcher::cuda::CudaBackend;
 use burn::tensor::backend::Backend;
@@ -68,7 +72,10 @@ fn lt_dtype(dtype: DType) -> Option<lts::cudaDataType_t> {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct PlanKey {
     problem: LtProblem,
+    /// Operands' type.
     dtype: i32,
+    /// Output's (and bias') type.
+    out: i32,
     bias: bool,
     /// Alignments of first, second, D and bias pointers.
     align: [u32; 4],
@@ -189,14 +196,15 @@ impl CudaGemm {
         if let Some(bias) = &bias {
             layout::check_bias(bias.dims()[0], 1, b.dims()[1])?;
         }
-        match self.launch(&a, &b, bias.as_ref())? {
+        let (a, bias, out_dtype) = mixed(a, b.dtype(), bias)?;
+        match self.launch(&a, &b, bias.as_ref(), out_dtype)? {
             Ok(out) => {
                 self.wait()?;
                 Ok(out)
             }
             Err(reason) => {
                 tracing::debug!("cuBLASLt path not taken ({reason}); using burn's matmul");
-                let out = a.matmul(b);
+                let out = a.matmul(b).cast(out_dtype);
                 Ok(match bias {
                     Some(bias) => out + bias.unsqueeze_dim(0),
                     None => out,
@@ -214,7 +222,8 @@ impl CudaGemm {
         b: &Tensor<CudaBackend, 2>,
         bias: Option<&Tensor<CudaBackend, 1>>,
     ) -> Result<Result<Tensor<CudaBackend, 2>, LayoutError>, GemmError> {
-        self.launch(a, b, bias)
+        let (a, bias, out_dtype) = mixed(a.clone(), b.dtype(), bias.cloned())?;
+        self.launch(&a, b, bias.as_ref(), out_dtype)
     }
 
     /// Waits for every queued product and releases the inputs held for them.
@@ -236,6 +245,7 @@ impl CudaGemm {
         a: &Tensor<CudaBackend, 2>,
         b: &Tensor<CudaBackend, 2>,
         bias: Option<&Tensor<CudaBackend, 1>>,
+        out_dtype: DType,
     ) -> Result<Result<Tensor<CudaBackend, 2>, LayoutError>, GemmError> {
         let (ta, tb) = (primitive(a), primitive(b));
         if ta.dtype != tb.dtype {
@@ -268,7 +278,7 @@ impl CudaGemm {
         let bias = match bias {
             Some(bias) => {
                 let tbias = primitive_1d(bias);
-                if tbias.dtype != ta.dtype {
+                if tbias.dtype != out_dtype {
                     return Err(GemmError::DTypeMismatch {
                         a: ta.dtype,
                         b: tbias.dtype,
@@ -286,7 +296,7 @@ impl CudaGemm {
         };
 
         let (m, n) = (va.shape[0], vb.shape[1]);
-        let out = Tensor::<CudaBackend, 2>::empty([m, n], (&self.device, ta.dtype));
+        let out = Tensor::<CudaBackend, 2>::empty([m, n], (&self.device, out_dtype));
         let tout = primitive(&out);
         match view(&tout).and_then(layout::access) {
             Some(layout::Access::RowMajor { ld }) => {
@@ -304,9 +314,11 @@ impl CudaGemm {
         };
         let (pa, pb, pc) = (ptr(&ta, "A")?, ptr(&tb, "B")?, ptr(&tout, "output")?);
         let pbias = bias.as_ref().map(|t| ptr(t, "bias")).transpose()?;
+        let out_lt = lt_dtype(out_dtype).unwrap_or(dtype);
         let key = PlanKey {
             problem,
             dtype: dtype as i32,
+            out: out_lt as i32,
             bias: pbias.is_some(),
             align: [pb, pa, pc, pbias.unwrap_or(0)].map(layout::pointer_alignment),
         };
@@ -317,7 +329,7 @@ impl CudaGemm {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let plan = match state.plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(self.plan(&key, dtype)?),
+            Entry::Vacant(v) => v.insert(self.plan(&key, dtype, out_lt)?),
         };
         if let Some(pbias) = pbias {
             // SAFETY: the attribute is a device pointer, passed by address with its size.
@@ -365,9 +377,14 @@ impl CudaGemm {
     }
 
     /// Descriptors and the heuristic's algorithm for one problem.
-    fn plan(&self, key: &PlanKey, dtype: lts::cudaDataType_t) -> Result<Plan, GemmError> {
+    fn plan(
+        &self,
+        key: &PlanKey,
+        dtype: lts::cudaDataType_t,
+        out_dtype: lts::cudaDataType_t,
+    ) -> Result<Plan, GemmError> {
         let p = key.problem;
-        let layout_of = |rows, cols, ld, what| {
+        let layout_of = |dtype, rows, cols, ld, what| {
             lt::create_matrix_layout(dtype, rows, cols, ld).map_err(cublas_err(what))
         };
         // f32 operands run on TF32 tensor cores (torch's `allow_tf32`); bf16/f16 accumulate in f32.
@@ -389,9 +406,9 @@ impl CudaGemm {
             out: std::ptr::null_mut(),
             algo,
         };
-        plan.first = layout_of(p.first.rows, p.first.cols, p.first.ld, "layout A")?;
-        plan.second = layout_of(p.second.rows, p.second.cols, p.second.ld, "layout B")?;
-        plan.out = layout_of(p.m, p.n, p.ldc, "layout D")?;
+        plan.first = layout_of(dtype, p.first.rows, p.first.cols, p.first.ld, "layout A")?;
+        plan.second = layout_of(dtype, p.second.rows, p.second.cols, p.second.ld, "layout B")?;
+        plan.out = layout_of(out_dtype, p.m, p.n, p.ldc, "layout D")?;
         let set_desc = |attr, value: i32| {
             // SAFETY: a 4-byte enum attribute passed by address.
             unsafe {
@@ -407,7 +424,7 @@ impl CudaGemm {
                 D::CUBLASLT_MATMUL_DESC_EPILOGUE,
                 lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as i32,
             )?;
-            set_desc(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, dtype as i32)?;
+            set_desc(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, out_dtype as i32)?;
         }
         let pref = lt::create_matmul_pref().map_err(cublas_err("preference"))?;
         let result = (|| {
@@ -483,6 +500,32 @@ impl Drop for CudaGemm {
             let _ = lt::destroy_handle(self.handle);
         }
     }
+}
+
+/// A product's operands made one type, its bias put in the output's type, and that type: `a`'s.
+/// An f32 `a` against a half-precision right operand is rounded to it (the product accumulates
+/// and is written in f32); any other mix of types is an error, for the caller's fallback.
+#[allow(clippy::type_complexity)]
+fn mixed(
+    a: Tensor<CudaBackend, 2>,
+    b_dtype: DType,
+    bias: Option<Tensor<CudaBackend, 1>>,
+) -> Result<(Tensor<CudaBackend, 2>, Option<Tensor<CudaBackend, 1>>, DType), GemmError> {
+    let a_dtype = a.dtype();
+    let bias = bias.map(|b| match b.dtype() == a_dtype {
+        true => b,
+        false => b.cast(a_dtype),
+    });
+    if a_dtype == b_dtype {
+        return Ok((a, bias, a_dtype));
+    }
+    if a_dtype != DType::F32 || !matches!(b_dtype, DType::BF16 | DType::F16) {
+        return Err(GemmError::DTypeMismatch {
+            a: a_dtype,
+            b: b_dtype,
+        });
+    }
+    Ok((a.cast(b_dtype), bias, DType::F32))
 }
 
 fn primitive(t: &Tensor<CudaBackend, 2>) -> CubeTensor<CudaRuntime> {

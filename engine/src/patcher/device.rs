@@ -192,6 +192,35 @@ pub trait WeightDevice<B: Backend>: Send + Sync + 'static {
     /// A new `U8` tensor holding `bytes` (a quantized weight's blocks).
     fn upload_blocks(&self, bytes: &[u8], what: &str) -> Result<Tensor<B, 1, Int>, DeviceError>;
 
+    /// The dtype weights are dequantized to on this device when the loader does not say
+    /// (CUDA: BF16, what its matrix products run on; host memory: F32, what the CPU computes in).
+    fn weight_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    /// Whether [`upload_dequantized`](Self::upload_dequantized) turns `ty`'s stored bytes into
+    /// `dtype` on the device, bit for bit the host dequantizer's values rounded to `dtype`.
+    fn dequantizes(&self, _ty: GgmlType, _dtype: DType) -> bool {
+        false
+    }
+
+    /// A new float tensor of `dtype` made on the device from `bytes`, the stored bytes of a
+    /// `ty` tensor of `elements` values: the upload moves the file's bytes, not the wider floats.
+    /// Only called where [`dequantizes`](Self::dequantizes) said yes; the values may be read
+    /// once [`end_load`](Self::end_load) has returned.
+    fn upload_dequantized(
+        &self,
+        _bytes: &[u8],
+        ty: GgmlType,
+        _elements: usize,
+        dtype: DType,
+        what: &str,
+    ) -> Result<Tensor<B, 1>, DeviceError> {
+        Err(DeviceError::Backend(format!(
+            "{what}: this device does not dequantize {ty} to {dtype:?}"
+        )))
+    }
+
     /// Called after a batch of uploads: every copy has landed when it returns.
     fn end_load(&self) -> Result<(), DeviceError> {
         Ok(())

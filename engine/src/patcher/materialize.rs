@@ -1,5 +1,6 @@
-//! What a weight's device copy is made from: the mapping's bytes as they are, or the file's
-//! values dequantized, patched and converted to the compute dtype in a fresh host buffer.
+//! What a weight's device copy is made from: the mapping's bytes as they are, the mapping's bytes
+//! for the device to dequantize, or the file's values dequantized, patched and converted to the
+//! compute dtype in a fresh host buffer.
 #![forbid(unsafe_code)]
 
 use super::device::HostData;
@@ -16,13 +17,16 @@ pub(crate) enum HostWeight<'a> {
     Float(HostData<'a>, DType),
     /// Quantized blocks, as stored.
     Blocks(&'a [u8], GgmlType),
+    /// Stored bytes of a `GgmlType` tensor that the device dequantizes into `DType` itself
+    /// (`WeightDevice::dequantizes`): the upload moves the file's bytes, not the wider floats.
+    OnDevice(&'a [u8], GgmlType, DType),
 }
 
 impl HostWeight<'_> {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             HostWeight::Float(data, _) => data.as_bytes(),
-            HostWeight::Blocks(bytes, _) => bytes,
+            HostWeight::Blocks(bytes, _) | HostWeight::OnDevice(bytes, ..) => bytes,
         }
     }
 
@@ -30,6 +34,7 @@ impl HostWeight<'_> {
         match self {
             HostWeight::Float(_, dtype) => *dtype,
             HostWeight::Blocks(..) => DType::U8,
+            HostWeight::OnDevice(_, _, dtype) => *dtype,
         }
     }
 }
@@ -46,20 +51,42 @@ fn plain_float(dtype: StorageType) -> Option<DType> {
 
 /// Whether the weight goes to the device as its stored bytes (no patches, `AsStored`, and a type
 /// the device copy can hold as is: plain floats and quantized ggml blocks).
+/// A dequantized layout whose stored floats already are the compute dtype keeps them too.
 pub(crate) fn stays_as_stored(info: &TensorInfo, patched: bool, options: LoadOptions) -> bool {
-    !patched
-        && options.format == WeightFormat::AsStored
-        && (plain_float(info.dtype).is_some()
-            || info.dtype.ggml().is_some_and(GgmlType::is_quantized))
+    if patched {
+        return false;
+    }
+    match options.format {
+        WeightFormat::AsStored => {
+            plain_float(info.dtype).is_some()
+                || info.dtype.ggml().is_some_and(GgmlType::is_quantized)
+        }
+        WeightFormat::Dequantized => plain_float(info.dtype) == Some(options.compute_dtype),
+    }
 }
 
 /// The weight `info` of `source` with `patches` applied, as `options` lay it out.
+/// `on_device(ty, dtype)` says whether the device dequantizes `ty` into `dtype` itself; an
+/// unpatched weight it accepts goes up as its stored bytes ([`HostWeight::OnDevice`]).
 pub(crate) fn materialize<'a>(
     source: &'a WeightSource,
     info: &TensorInfo,
     patches: &[&WeightPatch],
     options: LoadOptions,
+    on_device: &dyn Fn(GgmlType, DType) -> bool,
 ) -> Result<HostWeight<'a>, PatchError> {
+    if patches.is_empty()
+        && options.format == WeightFormat::Dequantized
+        && !stays_as_stored(info, false, options)
+        && let Some(ty) = info.dtype.ggml()
+        && on_device(ty, options.compute_dtype)
+    {
+        return Ok(HostWeight::OnDevice(
+            source.bytes(info),
+            ty,
+            options.compute_dtype,
+        ));
+    }
     if stays_as_stored(info, !patches.is_empty(), options) {
         let bytes = source.bytes(info);
         return Ok(match (plain_float(info.dtype), info.dtype.ggml()) {

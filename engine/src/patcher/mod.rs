@@ -30,6 +30,7 @@ pub use lora::{LoraFactors, LoraKeyMap, LoraMatch, PatchKind, WeightPatch, lora_
 pub use stats::{LocationStats, ParamStats};
 
 use crate::weights::{WeightSource, WeightsError, cache::human_bytes};
+use weft_formats::TensorInfo;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use materialize::{HostWeight, materialize};
@@ -219,12 +220,25 @@ impl<B: Backend> ModelCore<B> {
         };
         let info = &self.source.tensors()[index];
         self.device.begin_load(&self.source).map_err(device_err)?;
-        let weight = materialize(&self.source, info, patches, options)
+        let weight = self
+            .materialize(info, patches, options)
             .and_then(|host| self.upload(host, &info.name, &info.shape));
         let landed = self.device.end_load().map_err(device_err);
         let weight = weight?;
         landed?;
         Ok(weight)
+    }
+
+    /// [`materialize`] with this core's source, asking the device which types it dequantizes.
+    fn materialize(
+        &self,
+        info: &TensorInfo,
+        patches: &[&WeightPatch],
+        options: LoadOptions,
+    ) -> Result<HostWeight<'_>, PatchError> {
+        materialize(&self.source, info, patches, options, &|ty, dtype| {
+            self.device.dequantizes(ty, dtype)
+        })
     }
 
     fn upload(
@@ -249,6 +263,16 @@ impl<B: Backend> ModelCore<B> {
                 ty,
                 shape,
             },
+            HostWeight::OnDevice(bytes, ty, dtype) => {
+                let elements = shape.iter().product();
+                DeviceWeight::Float {
+                    tensor: self
+                        .device
+                        .upload_dequantized(bytes, ty, elements, dtype, name)
+                        .map_err(fail)?,
+                    shape,
+                }
+            }
         })
     }
 
@@ -543,7 +567,7 @@ impl<B: Backend> ModelPatcher<B> {
                 let (key, patches) = keys
                     .get(&index)
                     .map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
-                let host = materialize(&core.source, info, patches, core.options)?;
+                let host = core.materialize(info, patches, core.options)?;
                 let weight = core.upload(host, &info.name, &info.shape)?;
                 let bytes = weight.device_bytes();
                 state.put(
@@ -609,7 +633,7 @@ impl<B: Backend> ModelPatcher<B> {
                 // Drop first: the patched copy's memory is free for the file's.
                 state.take(index);
                 let info = &core.source.tensors()[index];
-                let host = materialize(&core.source, info, &[], core.options)?;
+                let host = core.materialize(info, &[], core.options)?;
                 let weight = core.upload(host, &info.name, &info.shape)?;
                 let bytes = weight.device_bytes();
                 state.put(
@@ -686,7 +710,12 @@ impl<B: Backend> ModelPatcher<B> {
         core.lock().streamed += 1;
         match weight {
             DeviceWeight::Float { tensor, .. } => Ok(tensor),
-            DeviceWeight::Blocks { .. } => unreachable!("dequantized weights are floats"),
+            DeviceWeight::Blocks { ty, .. } => Err(PatchError::Device {
+                path: core.path().to_owned(),
+                error: DeviceError::Backend(format!(
+                    "tensor {name:?}: dequantizing {ty} gave blocks, not floats"
+                )),
+            }),
         }
     }
 
@@ -702,7 +731,7 @@ impl<B: Backend> ModelPatcher<B> {
     }
 
     /// Compares every resident device copy with what this patcher would upload (the file's
-    /// values with its patches), byte for byte, reading the device copies back. Returns the
+    /// values with its patches, dequantized on the host), byte for byte, reading the device copies back. Returns the
     /// names that differ (a copy another clone patched differently counts as different).
     pub fn verify(&self) -> Result<Vec<String>, PatchError> {
         let core = &self.core;
@@ -715,7 +744,8 @@ impl<B: Backend> ModelPatcher<B> {
             let (key, patches) = keys
                 .get(&index)
                 .map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
-            let expected = materialize(&core.source, info, patches, core.options)?;
+            // Always the host's values: a copy the device dequantized must equal them bit for bit.
+            let expected = materialize(&core.source, info, patches, core.options, &|_, _| false)?;
             let actual = resident
                 .weight
                 .read_back()

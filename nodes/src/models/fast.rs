@@ -2,7 +2,8 @@
 //! [`super::layers::attention`] runs weft's flash-attention kernel
 //! (`weft_engine::device::attention`, head dims 64 and 128) instead of burn's materialized
 //! softmax, and [`super::layers::Linear`] runs large products on cuBLASLt
-//! (`weft_engine::device::gemm`; f32 operands on TF32 tensor cores, bias in the epilogue); any
+//! (`weft_engine::device::gemm`: the BF16 weights of a CUDA load times the activations rounded to
+//! bf16, accumulated and written in f32, bias in the epilogue; f32 weights run on TF32); any
 //! other backend, shape or failure keeps burn's path. The model code stays generic
 //! over `B`: the CUDA backend is recognised through `Any`, without `unsafe`.
 //!
@@ -22,6 +23,11 @@ use burn::tensor::backend::Backend;
 /// call waits for burn's queue and for its own stream, so small products stay on burn (a guess
 /// from the attention measurements, not tuned; the quickstart's layers stay below it).
 pub const MIN_GEMM_MACS: usize = 1 << 28;
+
+/// Weight elements from which a linear layer whose weight is not in the activations' type (BF16
+/// weights, f32 activations) goes to cuBLASLt whatever the rows: burn's path would convert the
+/// whole weight on every call (Flux's modulation layers: one row, 57 M weights).
+pub const MIN_MIXED_WEIGHTS: usize = 1 << 20;
 
 /// `x · Wᵀ (+ bias)` for `W` stored [d_out, d_in], on cuBLASLt, or None for burn's path.
 /// `WEFT_CUBLASLT=0` turns the path off, `=1` takes it for every size.
@@ -140,7 +146,12 @@ mod cuda {
                 return None;
             }
             Some("1") => {}
-            _ if rows * d_in * weight.dims()[0] < super::MIN_GEMM_MACS => return None,
+            _ if rows * d_in * weight.dims()[0] < super::MIN_GEMM_MACS
+                && (weight.dtype() == x.dtype()
+                    || d_in * weight.dims()[0] < super::MIN_MIXED_WEIGHTS) =>
+            {
+                return None;
+            }
             _ => {}
         }
         let gemm = gemm_for(x.device().index)?;

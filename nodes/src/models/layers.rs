@@ -10,7 +10,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 /// `y = x·Wᵀ + b` with `W` stored [d_out, d_in] (PyTorch's layout; burn's own `Linear` is
-/// [d_in, d_out]).
+/// [d_in, d_out]). `W` may be held in another float type than `x` (the BF16 weights of a CUDA
+/// load); `y` has `x`'s type.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
     weight: Tensor<B, 2>,
@@ -28,6 +29,11 @@ impl<B: Backend> Linear<B> {
 
     pub fn d_out(&self) -> usize {
         self.weight.dims()[0]
+    }
+
+    /// The weight's float type (BF16 for the matrices of a CUDA load, else F32).
+    pub fn dtype(&self) -> DType {
+        self.weight.dtype()
     }
 
     /// Splits the output rows at `at`: two layers computing outputs `..at` and `at..`. Row ranges
@@ -54,9 +60,11 @@ impl<B: Backend> Linear<B> {
         if let Some(y) = super::fast::linear(&x, &self.weight, self.bias.as_ref()) {
             return y.reshape(dims);
         }
-        let mut y = x.matmul(self.weight.clone().transpose());
+        // A weight kept in another float type (BF16 device copies) meets `x` in `x`'s type.
+        let dtype = x.dtype();
+        let mut y = x.matmul(to_dtype(self.weight.clone(), dtype).transpose());
         if let Some(bias) = &self.bias {
-            y = y + bias.clone().unsqueeze::<2>();
+            y = y + to_dtype(bias.clone().unsqueeze::<2>(), dtype);
         }
         y.reshape(dims)
     }
@@ -89,7 +97,7 @@ impl<B: Backend> Conv2d<B> {
 
 /// Runs `f` on `x` in f32 and casts the result back: statistics and softmax stay f32 when the
 /// activations are f16/bf16 (f16 group norm overflows on large images). A no-op on f32.
-fn in_f32<B: Backend, const D: usize>(
+pub(crate) fn in_f32<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
 ) -> Tensor<B, D> {
@@ -103,6 +111,14 @@ fn in_f32<B: Backend, const D: usize>(
         DType::BF16 => y.cast(FloatDType::BF16),
         DType::F64 => y.cast(FloatDType::F64),
         _ => y,
+    }
+}
+
+/// `t` in `dtype` (a no-op when it already is).
+pub fn to_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    match t.dtype() == dtype {
+        true => t,
+        false => t.cast(dtype),
     }
 }
 
@@ -160,13 +176,14 @@ pub fn rms_norm<B: Backend, const D: usize>(
     scale: &Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
+    let dtype = x.dtype();
     let normed = in_f32(x, |x| {
         let mean_square = x.clone().square().mean_dim(D - 1);
         x * (mean_square + eps).sqrt().recip()
     });
     let mut shape = [1; D];
     shape[D - 1] = scale.dims()[0];
-    normed * scale.clone().reshape(shape)
+    normed * to_dtype(scale.clone(), dtype).reshape(shape)
 }
 
 /// Scaled dot-product attention, no mask: `softmax(q·kᵀ / √d)·v` over [B, H, L, D] inputs.

@@ -5,6 +5,8 @@
 //! The models ask for f32 (they compute in f32 on the CPU). A resident F32 copy is handed out as
 //! it is (a shared handle, no copy); anything else (an F16/BF16 copy, or a weight that is not
 //! resident and streams from the mapping) goes through `ModelPatcher::float_weight` and a cast.
+//! Linear layers' matrices are handed out in the copy's own dtype (`load_matrix`): on CUDA the
+//! BF16 device copies feed the matrix products directly.
 use super::{ModelError, TensorSource};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor};
@@ -19,6 +21,24 @@ impl<'a, B: Backend> PatcherSource<'a, B> {
     /// The weights of `patcher`, with its patches.
     pub fn new(patcher: &'a ModelPatcher<B>) -> Self {
         PatcherSource { patcher }
+    }
+
+    /// The patcher's float weight `name` in its own dtype, on `device`.
+    fn native(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
+        let weight = self
+            .patcher
+            .float_weight(name)
+            .map_err(|e| ModelError::Config {
+                origin: self.origin(),
+                message: format!("weight {name:?}: {e}"),
+            })?;
+        // The patcher's device is the node's device in every loader; a mismatch would be a bug
+        // in the caller, and moving is the safe answer.
+        Ok(if &weight.device() == device {
+            weight
+        } else {
+            weight.to_device(device)
+        })
     }
 }
 
@@ -45,25 +65,16 @@ impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
     }
 
     fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
-        let weight = self
-            .patcher
-            .float_weight(name)
-            .map_err(|e| ModelError::Config {
-                origin: self.origin(),
-                message: format!("weight {name:?}: {e}"),
-            })?;
-        let weight = if weight.dtype() == DType::F32 {
+        let weight = self.native(name, device)?;
+        Ok(if weight.dtype() == DType::F32 {
             weight
         } else {
             weight.cast(FloatDType::F32)
-        };
-        // The patcher's device is the node's device in every loader; a mismatch would be a bug
-        // in the caller, and moving is the safe answer.
-        Ok(if &weight.device() == device {
-            weight
-        } else {
-            weight.to_device(device)
         })
+    }
+
+    fn load_matrix(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
+        self.native(name, device)
     }
 
     fn architecture(&self) -> Option<String> {

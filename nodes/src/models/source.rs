@@ -12,7 +12,9 @@ use weft_engine::formats::ModelFile;
 ///
 /// Implementations hand out values as f32, whatever the storage type (F32/F16/BF16/Q*): the
 /// models compute in the backend's float type and never see blocks. A [`ModelFile`] dequantizes
-/// on each `load`; the ModelPatcher can implement this trait over its device copies.
+/// on each `load`; the ModelPatcher can implement this trait over its device copies. Matrices of
+/// linear layers may come in the source's own float type instead ([`load_matrix`](Self::load_matrix)):
+/// [`Linear`] multiplies in the weight's dtype.
 pub trait TensorSource<B: Backend> {
     /// Names the source in errors (normally the file's path).
     fn origin(&self) -> String;
@@ -22,6 +24,11 @@ pub trait TensorSource<B: Backend> {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of `name`, flat (row-major, PyTorch order), on `device`.
     fn load(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError>;
+    /// A linear layer's weight matrix: as [`load`](Self::load), but in whatever float type the
+    /// source holds it (a patcher's BF16 device copy stays BF16, without a copy).
+    fn load_matrix(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
+        self.load(name, device)
+    }
     /// The architecture the file declares (GGUF `general.architecture`), if any.
     fn architecture(&self) -> Option<String> {
         None
@@ -147,6 +154,27 @@ impl<'a, B: Backend> Weights<'a, B> {
         accepted: &[&[usize]],
         shape: [usize; D],
     ) -> Result<Tensor<B, D>, ModelError> {
+        self.fetch(name, accepted, shape, false)
+    }
+
+    /// A linear layer's weight `name` [d_out, d_in] (or `accepted` shapes of as many elements),
+    /// in the source's float type ([`TensorSource::load_matrix`]).
+    fn matrix(
+        &self,
+        name: &str,
+        accepted: &[&[usize]],
+        shape: [usize; 2],
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        self.fetch(name, accepted, shape, true)
+    }
+
+    fn fetch<const D: usize>(
+        &self,
+        name: &str,
+        accepted: &[&[usize]],
+        shape: [usize; D],
+        matrix: bool,
+    ) -> Result<Tensor<B, D>, ModelError> {
         let found = self.shape(name)?;
         if !accepted.contains(&found.as_slice()) {
             return Err(ModelError::Shape {
@@ -156,7 +184,10 @@ impl<'a, B: Backend> Weights<'a, B> {
                 expected: shape.to_vec(),
             });
         }
-        let values = self.source.load(&self.full(name), &self.device)?;
+        let values = match matrix {
+            true => self.source.load_matrix(&self.full(name), &self.device)?,
+            false => self.source.load(&self.full(name), &self.device)?,
+        };
         if values.dims()[0] != shape.iter().product::<usize>() {
             // A source whose values disagree with its own shape: an error, not a reshape panic.
             return Err(ModelError::Shape {
@@ -171,7 +202,7 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// A linear layer `name.weight` [d_out, d_in] with `name.bias` [d_out].
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
-        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        let weight = self.matrix(&format!("{name}.weight"), &[&[d_out, d_in]], [d_out, d_in])?;
         let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
         Ok(Linear::new(weight, Some(bias)))
     }
@@ -183,7 +214,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Linear<B>, ModelError> {
-        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        let weight = self.matrix(&format!("{name}.weight"), &[&[d_out, d_in]], [d_out, d_in])?;
         let bias_name = format!("{name}.bias");
         let bias = if self.has(&bias_name) {
             Some(self.tensor(&bias_name, [d_out])?)
@@ -200,7 +231,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Linear<B>, ModelError> {
-        let weight = self.tensor_as(
+        let weight = self.matrix(
             &format!("{name}.weight"),
             &[&[d_out, d_in], &[d_out, d_in, 1, 1]],
             [d_out, d_in],

@@ -4,9 +4,9 @@
 use super::FluxConfig;
 use super::rope::Rope;
 use crate::models::ModelError;
-use crate::models::layers::{Linear, attention, gelu_tanh, layer_norm, rms_norm};
+use crate::models::layers::{Linear, attention, gelu_tanh, layer_norm, rms_norm, to_dtype};
 use crate::models::source::Weights;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
@@ -52,9 +52,15 @@ impl<B: Backend> Mod<B> {
     }
 }
 
-/// `lin(silu(vec))` split into `chunks` [B, 1, hidden] pieces (BFL `Modulation`).
-fn modulation<B: Backend>(lin: &Linear<B>, vec: &Tensor<B, 2>, chunks: usize) -> Vec<Tensor<B, 3>> {
-    lin.forward(silu(vec.clone()))
+/// `lin(silu(vec))` split into `chunks` [B, 1, hidden] pieces (BFL `Modulation`), in the
+/// activations' type `dtype` (`vec` stays f32).
+fn modulation<B: Backend>(
+    lin: &Linear<B>,
+    vec: &Tensor<B, 2>,
+    chunks: usize,
+    dtype: DType,
+) -> Vec<Tensor<B, 3>> {
+    to_dtype(lin.forward(silu(vec.clone())), dtype)
         .unsqueeze_dim::<3>(1)
         .chunk(chunks, 2)
 }
@@ -153,7 +159,7 @@ impl<B: Backend> Stream<B> {
         vec: &Tensor<B, 2>,
         heads: usize,
     ) -> ([Mod<B>; 2], [Tensor<B, 4>; 3]) {
-        let parts = modulation(&self.modulation, vec, 6);
+        let parts = modulation(&self.modulation, vec, 6, x.dtype());
         let (m1, m2) = (mods(&parts[0..3]), mods(&parts[3..6]));
         let modulated = m1.modulate(layer_norm(x.clone(), EPS));
         let qkv = split_qkv(self.qkv.forward(modulated), &self.norm, heads);
@@ -246,7 +252,7 @@ impl<B: Backend> SingleBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
-        let m = mods(&modulation(&self.modulation, vec, 3));
+        let m = mods(&modulation(&self.modulation, vec, 3, x.dtype()));
         let modulated = m.modulate(layer_norm(x.clone(), EPS));
         let mlp = gelu_tanh(self.mlp_in.forward(modulated.clone()));
         let [q, k, v] = split_qkv(self.qkv.forward(modulated), &self.norm, self.heads);
@@ -272,7 +278,7 @@ impl<B: Backend> LastLayer<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>) -> Tensor<B, 3> {
-        let parts = modulation(&self.ada_ln, vec, 2);
+        let parts = modulation(&self.ada_ln, vec, 2, x.dtype());
         let (shift, scale) = (parts[0].clone(), parts[1].clone());
         self.linear
             .forward(layer_norm(x, EPS) * (scale + 1.0) + shift)

@@ -12,11 +12,11 @@ pub mod synthetic;
 pub use blocks::{DoubleBlock, LastLayer, MlpEmbedder, SingleBlock};
 pub use rope::Rope;
 
-use super::layers::{Linear, timestep_embedding};
+use super::layers::{Linear, timestep_embedding, to_dtype};
 use super::source::{TensorSource, Weights};
 use super::{LatentFormat, ModelError};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 /// Diffusion-model architectures this module builds, as `general.architecture` names them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["flux"];
@@ -308,8 +308,10 @@ impl<B: Backend> Flux<B> {
         }
         vec = vec + self.vector_in.forward(cond.y.clone());
 
-        let mut img = self.img_in.forward(img);
-        let mut txt = self.txt_in.forward(cond.context.clone());
+        let out_dtype = img.dtype();
+        let act = self.activation_dtype();
+        let mut img = to_dtype(self.img_in.forward(img), act);
+        let mut txt = to_dtype(self.txt_in.forward(cond.context.clone()), act);
         let ids: Vec<[f32; 3]> = txt_ids.iter().chain(img_ids).copied().collect();
         let pe = Rope::new(&ids, c.axes_dim, c.theta, &device);
 
@@ -321,7 +323,17 @@ impl<B: Backend> Flux<B> {
             x = block.forward(x, &vec, &pe);
         }
         let img = x.narrow(1, l_txt, l_img);
-        Ok(self.final_layer.forward(img, &vec))
+        Ok(to_dtype(self.final_layer.forward(img, &vec), out_dtype))
+    }
+
+    /// The type the blocks' activations are kept in: BF16 when the weights are (a CUDA load, as
+    /// ComfyUI and diffusers run Flux in bf16; norms, RoPE and softmax still compute in f32),
+    /// else F32. F16 weights keep f32 activations: Flux's activations overflow f16.
+    pub fn activation_dtype(&self) -> DType {
+        match self.txt_in.dtype() {
+            DType::BF16 => DType::BF16,
+            _ => DType::F32,
+        }
     }
 
     /// The model on a latent [B, C, H, W] (C·4 = in_channels), ComfyUI style: odd sizes are

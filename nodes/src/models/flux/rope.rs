@@ -1,5 +1,6 @@
 //! Flux's 3-axis rotary position embedding (BFL `EmbedND`): each token has ids (t, row, col); each
 //! axis rotates its own slice of the head dimension, pairs (x₂ᵢ, x₂ᵢ₊₁) as complex numbers.
+use crate::models::layers::in_f32;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -43,7 +44,12 @@ impl<B: Backend> Rope<B> {
     ///
     /// Written as `x·cos + rot(x)·sin` with rot(x) = (−x₁, x₀) so that the products are
     /// contiguous, broadcast element-wise ops (the same roundings as the pairwise form).
+    /// Computed in f32 whatever `x`'s type, and rounded back once (BFL's `apply_rope`).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        in_f32(x, |x| self.rotate(x))
+    }
+
+    fn rotate(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, l, d] = x.dims();
         let pairs = x.clone().reshape([b, h, l, d / 2, 2]);
         let rotated = Tensor::cat(
