@@ -1,12 +1,14 @@
 //! Model memory: the mmap cache (one mapping per file), the model patcher (loads equal to the
 //! file, offload that frees, clones, LoRA patch/unpatch, a device copy that cannot write to the
-//! base), the memory manager's policies, the offload and release nodes, and `weft bench offload`
-//! on a ~200 MB model for 20 cycles. Models are generated into temporary folders at test time.
+//! base), the memory manager's policies, the offload and release nodes, the route of weights a
+//! device dequantizes itself, and `weft bench offload` on a ~200 MB model for 20 cycles. Models
+//! are generated into temporary folders at test time.
 mod bench;
 mod lora;
 mod manager;
 mod mapping;
 mod nodes;
+mod on_device;
 mod patcher;
 
 use std::path::{Path, PathBuf};
