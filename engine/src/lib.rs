@@ -8,5 +8,6 @@ pub mod graph;
 pub mod memory;
 pub mod node;
 pub mod patcher;
+pub mod profile;
 pub mod registry;
 pub mod weights;

@@ -35,6 +35,9 @@ pub enum BenchCommand {
     /// Check the GPU dequantization kernels bit for bit against the CPU dequantizer, per type
     /// and output dtype, and time them (GB/s written and read).
     DequantGpu(crate::device::bench_dequant::DequantGpuArgs),
+    /// Check the fused block kernels (GELU, LayerNorm + modulation, gated residual, QKV split
+    /// with QK-norm and RoPE) against f32 references and time them against burn's kernels.
+    Fused(crate::device::bench_fused::FusedArgs),
     /// Load a diffusion model on a device as its loader node would, run Euler steps on random
     /// inputs, and report load time, per-step time and peak memory.
     Model(super::bench_model::BenchModelArgs),
@@ -91,6 +94,7 @@ pub fn run(cmd: BenchCommand, models: &impl super::bench_model::ModelBench) -> a
         BenchCommand::Gemm(args) => crate::device::bench::run_gemm(args),
         BenchCommand::Attention(args) => crate::device::bench_attention::run_attention(args),
         BenchCommand::DequantGpu(args) => crate::device::bench_dequant::run_dequant_gpu(args),
+        BenchCommand::Fused(args) => crate::device::bench_fused::run_fused(args),
         BenchCommand::Model(args) => super::bench_model::run_model(args, models),
         BenchCommand::SynthFlux(args) => super::bench_model::run_synth(args, models),
     }

@@ -187,6 +187,8 @@ pub struct ModelBenchReport {
     pub peak_rss_bytes: Option<u64>,
     /// Every value of the final latent is finite.
     pub latent_finite: bool,
+    /// The `WEFT_PROFILE=1` per-op table, when profiling.
+    pub profile: Option<String>,
 }
 
 /// Runs `weft bench synth-flux`.
@@ -349,7 +351,13 @@ fn measure_on<B: Backend>(
         if gpu {
             peaks.sample(weights.as_ref());
         }
+        if i == 0 {
+            // The first step compiles kernels: the profile covers the others.
+            crate::profile::take();
+        }
     }
+    let profile = crate::profile::enabled()
+        .then(|| crate::profile::table(&crate::profile::take(), args.steps.saturating_sub(1)));
     let rest = &step_ms[1..];
     let latent_finite = run.latent_is_finite().map_err(|e| anyhow::anyhow!("{e}"))?;
     let first = load.first();
@@ -374,6 +382,7 @@ fn measure_on<B: Backend>(
         peak_pool_reserved_bytes: peaks.pool,
         peak_rss_bytes: crate::memory::proc::peak_resident_memory(),
         latent_finite,
+        profile,
     })
 }
 
@@ -409,6 +418,9 @@ fn print_report(r: &ModelBenchReport) {
         gib(r.peak_pool_reserved_bytes)
     );
     println!("peak RSS: {}", gib(r.peak_rss_bytes));
+    if let Some(profile) = &r.profile {
+        print!("per-op profile over the steps after the first (waits around each op):\n{profile}");
+    }
     println!(
         "final latent: {}",
         if r.latent_finite {

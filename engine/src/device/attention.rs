@@ -9,12 +9,13 @@
 //! primary context, which `CudaContext::new(index)` shares), views checked by
 //! [`super::attention_plan`].
 //!
-//! Ordering is [`super::gemm`]'s: burn's queue is synchronized after the output is allocated and
-//! before the kernel is queued on our stream (inputs written, output buffer free), and our stream
-//! is synchronized before the output goes back to burn; the inputs are held until then.
+//! Ordering is [`super::gemm`]'s: a [`super::fence`] taken after the output is allocated and
+//! before the kernel is queued on our stream (inputs written, output buffer free), released
+//! after it (burn's later work waits for it on the device; host waits without a fence).
 //!
 //! Unsupported dtypes, head dims or views are errors ([`AttentionError::Plan`]); the caller falls
 //! back to burn's attention.
+use super::fence;
 use super::attention_plan::{
     self, AttentionPlanError, AttentionProblem, AttnDType, KERNELS, View4,
 };
@@ -156,7 +157,7 @@ impl CudaAttention {
 
     /// `softmax(q·kᵀ·scale)·v` for `q [B, H, Sq, D]`, `k, v [B, H, Skv, D]` (bf16 or f16, one
     /// dtype, D = 64 or 128, head dim unit-stride). The result, `[B, H, Sq, D]` in the inputs'
-    /// dtype, is ready for burn when this returns. An error leaves nothing queued.
+    /// dtype, is ordered before burn's later work when this returns ([`super::fence`]).
     pub fn attention(
         &self,
         q: Tensor<CudaBackend, 4>,
@@ -165,12 +166,15 @@ impl CudaAttention {
         scale: f32,
     ) -> Result<Tensor<CudaBackend, 4>, AttentionError> {
         let call = self.prepare(&q, &k, &v, scale)?;
-        self.sync_burn()?;
         let _guard = self.launch.lock().unwrap_or_else(|p| p.into_inner());
-        self.launch_kernel(&call)?;
-        self.stream
-            .synchronize()
-            .map_err(driver_err("waiting for the flash kernel"))?;
+        let ticket = fence::before(&self.device, &self.stream)
+            .map_err(|e| AttentionError::Burn(e.to_string()))?;
+        let launched = self.launch_kernel(&call);
+        // Burn's later work (and any reuse of the inputs' memory) follows the kernel.
+        let ordered =
+            fence::after(ticket, &self.stream).map_err(|e| AttentionError::Burn(e.to_string()));
+        launched?;
+        ordered?;
         Ok(call.out)
     }
 

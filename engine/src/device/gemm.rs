@@ -5,12 +5,13 @@
 //! the primary context, which `CudaContext::new(index)` shares), the row-major ↔ column-major
 //! mapping and stride checks from [`super::layout`].
 //!
-//! Ordering: cubecl's streams are private, so the GEMM runs on a stream of ours and the two are
-//! ordered with explicit waits: burn's queue is synchronized *after* the output is allocated and
-//! *before* the GEMM is queued (so the inputs are written and the output buffer, possibly
-//! recycled from a freed tensor, is no longer in use), and our stream is synchronized before the
-//! output goes back to burn. The inputs are held until that wait. [`CudaGemm::enqueue`] defers
-//! the second wait to [`CudaGemm::wait`] for back-to-back products.
+//! Ordering: cubecl's streams are private, so the GEMM runs on a stream of ours, ordered with
+//! burn's by a [`super::fence`] taken *after* the output is allocated (so the inputs are written
+//! and the output buffer, possibly recycled from a freed tensor, is no longer in use) and
+//! released after the GEMM is queued (burn's later work, and any reuse of the inputs' memory,
+//! waits for it on the device). Without a fence both halves are host waits, and the inputs are
+//! held until the second. [`CudaGemm::enqueue`] leaves the second half to [`CudaGemm::wait`]
+//! (a host wait) for back-to-back products.
 //!
 //! Mixed precision: an f32 left operand times a bf16/f16 right one (f32 activations through the
 //! BF16 weights of a CUDA load) is rounded to the right operand's type first and multiplied on
@@ -18,9 +19,9 @@
 //!
 //! Views that are not BLAS operands (broadcast or overlapping strides), dtypes cuBLASLt is not
 //! given here, or other mixes of dtypes fall back to burn's matmul.
+use super::fence;
 use super::layout::{self, LayoutError, LtProblem, View2d};
 use crate::patcher::cuda::CudaBackend;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
@@ -103,8 +104,10 @@ impl Drop for Plan {
 
 struct State {
     plans: HashMap<PlanKey, Plan>,
-    /// Inputs of queued products, kept alive until [`CudaGemm::wait`].
+    /// Inputs of queued products, kept alive until their ordering is released.
     pending: Vec<CubeTensor<CudaRuntime>>,
+    /// The ordering of the last queued product, until released.
+    ticket: Option<fence::Ticket>,
 }
 
 // SAFETY: cuBLASLt descriptors are plain heap objects not tied to a thread; they are only used
@@ -156,6 +159,7 @@ impl CudaGemm {
             state: Mutex::new(State {
                 plans: HashMap::new(),
                 pending: Vec::new(),
+                ticket: None,
             }),
         })
     }
@@ -199,7 +203,7 @@ impl CudaGemm {
         let (a, bias, out_dtype) = mixed(a, b.dtype(), bias)?;
         match self.launch(&a, &b, bias.as_ref(), out_dtype)? {
             Ok(out) => {
-                self.wait()?;
+                self.release()?;
                 Ok(out)
             }
             Err(reason) => {
@@ -226,17 +230,33 @@ impl CudaGemm {
         self.launch(&a, b, bias.as_ref(), out_dtype)
     }
 
-    /// Waits for every queued product and releases the inputs held for them.
+    /// Waits on the host for every queued product and releases the inputs held for them.
     pub fn wait(&self) -> Result<(), GemmError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let released = match state.ticket.take() {
+            Some(fence::Ticket::Fence(f, n)) => f
+                .release(&self.stream, n)
+                .map_err(|e| GemmError::Burn(e.to_string())),
+            _ => Ok(()),
+        };
         let result = self
             .stream
             .synchronize()
             .map_err(driver_err("waiting for cuBLASLt"));
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .clear();
+        state.pending.clear();
+        released.and(result)
+    }
+
+    /// Orders burn's later work after every queued product ([`fence::after`]: on the device, or
+    /// a host wait without a fence) and lets the inputs go.
+    fn release(&self) -> Result<(), GemmError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match state.ticket.take() {
+            Some(ticket) => fence::after(ticket, &self.stream)
+                .map_err(|e| GemmError::Burn(e.to_string())),
+            None => Ok(()),
+        };
+        state.pending.clear();
         result
     }
 
@@ -323,10 +343,15 @@ impl CudaGemm {
             align: [pb, pa, pc, pbias.unwrap_or(0)].map(layout::pointer_alignment),
         };
 
-        // Inputs written and the output buffer free: burn's queue is drained.
-        CudaBackend::sync(&self.device).map_err(|e| GemmError::Burn(format!("sync: {e:?}")))?;
         self.context.bind_to_thread().map_err(driver_err("bind"))?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Inputs written and the output buffer free: after burn's queue, on the device (or on
+        // the host without a fence).
+        let ticket = fence::before(&self.device, &self.stream)
+            .map_err(|e| GemmError::Burn(e.to_string()))?;
+        // An earlier enqueued product's ticket is superseded: releasing this one orders burn
+        // after both (same stream).
+        state.ticket = Some(ticket);
         let plan = match state.plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(self.plan(&key, dtype, out_lt)?),

@@ -691,7 +691,8 @@ impl<B: Backend> ModelPatcher<B> {
 
     /// The weight called `name` as floats with this patcher's patches, for compute paths that
     /// cannot read quantized blocks (the CPU models): the resident copy when it is a float one,
-    /// else the file's values dequantized on the host, uploaded in the compute dtype, not kept.
+    /// else the file's values in the compute dtype, not kept: dequantized by the device where it
+    /// can (`WeightDevice::dequantizes`, no patches), else on the host.
     pub fn float_weight(&self, name: &str) -> Result<burn::tensor::Tensor<B, 1>, PatchError> {
         let index = self.index_of(name)?;
         if let Some(DeviceWeight::Float { tensor, .. }) = self.resident(name) {
@@ -731,8 +732,9 @@ impl<B: Backend> ModelPatcher<B> {
     }
 
     /// Compares every resident device copy with what this patcher would upload (the file's
-    /// values with its patches, dequantized on the host), byte for byte, reading the device copies back. Returns the
-    /// names that differ (a copy another clone patched differently counts as different).
+    /// values with its patches, dequantized on the host), byte for byte, reading the device copies
+    /// back. Returns the names that differ (a copy another clone patched differently counts as
+    /// different).
     pub fn verify(&self) -> Result<Vec<String>, PatchError> {
         let core = &self.core;
         let keys = self.patch_keys();

@@ -50,6 +50,114 @@ pub fn linear<B: Backend>(
 /// Query × key positions from which the flash kernel is used (see the module doc).
 pub const MIN_FLASH_SCORES: usize = 1000 * 1000;
 
+/// Activation elements from which the fused block kernels replace burn's chains (each call waits
+/// for burn's queue, like the other paths; the quickstart's activations stay below it).
+/// `WEFT_FUSED=0` turns them off, `=1` takes them for every size.
+pub const MIN_FUSED_ELEMENTS: usize = 1 << 20;
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` in one pass, or None for burn's path.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::fused_call(cuda::index_of(x), x.shape().num_elements(), |f| {
+            cuda::back(cuda::taken("gelu", f.gelu_tanh(cuda::as_cuda(x)?))?)
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        None
+    }
+}
+
+/// `LayerNorm(x)·(1 + scale) + shift` (no affine; `x` [B, L, C], the others [B, 1, C]) in one
+/// pass, or None for burn's path.
+pub fn ln_modulate<B: Backend>(
+    x: &Tensor<B, 3>,
+    shift: &Tensor<B, 3>,
+    scale: &Tensor<B, 3>,
+    eps: f64,
+) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::fused_call(cuda::index_of(x), x.shape().num_elements(), |f| {
+            let (x, shift, scale) = (cuda::as_cuda(x)?, cuda::as_cuda(shift)?, cuda::as_cuda(scale)?);
+            cuda::back(cuda::taken("layer norm", f.ln_modulate(x, shift, scale, eps as f32))?)
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, shift, scale, eps);
+        None
+    }
+}
+
+/// `x + gate·h` (`gate` [B, 1, C]) in one pass, or None for burn's path.
+pub fn gate_residual<B: Backend>(
+    x: &Tensor<B, 3>,
+    gate: &Tensor<B, 3>,
+    h: &Tensor<B, 3>,
+) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::fused_call(cuda::index_of(x), x.shape().num_elements(), |f| {
+            let (x, gate, h) = (cuda::as_cuda(x)?, cuda::as_cuda(gate)?, cuda::as_cuda(h)?);
+            cuda::back(cuda::taken("gated residual", f.gate_residual(x, gate, h))?)
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, gate, h);
+        None
+    }
+}
+
+/// q, k, v [B, H, ΣL, D] from fused QKV projections `segments` ([B, L_i, 3·H·D] with the
+/// query and key RMS-norm scales, in token order), normalized and rotated by the RoPE tables
+/// `cos`/`sin` [ΣL, D] in one pass per segment, or None for burn's path.
+pub fn qk_norm_rope<B: Backend>(
+    segments: &[(Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>)],
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    heads: usize,
+    eps: f64,
+) -> Option<[Tensor<B, 4>; 3]> {
+    #[cfg(feature = "cuda")]
+    {
+        let elements = segments.iter().map(|s| s.0.shape().num_elements()).sum();
+        let index = segments.first().and_then(|s| cuda::index_of(&s.0));
+        cuda::fused_call(index, elements, |f| {
+            use weft_engine::device::fused::QkvSegment;
+            let segments = segments
+                .iter()
+                .map(|(qkv, q, k)| {
+                    let qkv = cuda::as_cuda(qkv)?.clone();
+                    // The scales meet the activations in their type (bf16 rounding, as BFL's
+                    // RMSNorm multiplies in the model's dtype).
+                    let scale = |s: &Tensor<B, 1>| {
+                        Some(cuda::as_cuda(s)?.clone().cast(qkv.dtype()))
+                    };
+                    Some(QkvSegment {
+                        q_scale: scale(q)?,
+                        k_scale: scale(k)?,
+                        qkv,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let [q, k, v] = cuda::taken(
+                "QK norm + RoPE",
+                f.qk_norm_rope(&segments, cuda::as_cuda(cos)?, cuda::as_cuda(sin)?, heads, eps as f32),
+            )?;
+            Some([cuda::back(q)?, cuda::back(k)?, cuda::back(v)?])
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (segments, cos, sin, heads, eps);
+        None
+    }
+}
+
 /// `softmax(q·kᵀ·scale)·v` through the device's fast kernel, or None for burn's path.
 pub fn attention<B: Backend>(
     q: &Tensor<B, 4>,
@@ -77,6 +185,8 @@ mod cuda {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex, OnceLock};
     use weft_engine::device::attention::CudaAttention;
+    use weft_engine::device::fused::CudaFused;
+    use weft_engine::device::fused_plan::FusedError;
     use weft_engine::device::gemm::CudaGemm;
     use weft_engine::patcher::cuda::CudaBackend;
 
@@ -93,13 +203,63 @@ mod cuda {
         cell.get_or_init(|| std::env::var(name).ok()).as_deref()
     }
 
-    fn as_cuda<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<&Tensor<CudaBackend, D>> {
+    pub(super) fn as_cuda<B: Backend, const D: usize>(
+        t: &Tensor<B, D>,
+    ) -> Option<&Tensor<CudaBackend, D>> {
         (t as &dyn Any).downcast_ref::<Tensor<CudaBackend, D>>()
     }
 
-    fn back<B: Backend, const D: usize>(t: Tensor<CudaBackend, D>) -> Option<Tensor<B, D>> {
+    pub(super) fn back<B: Backend, const D: usize>(t: Tensor<CudaBackend, D>) -> Option<Tensor<B, D>> {
         let t: Box<dyn Any> = Box::new(t);
         t.downcast::<Tensor<B, D>>().ok().map(|t| *t)
+    }
+
+    /// Set once the fused kernels are unavailable (or turned off) for this process.
+    static FUSED_OFF: AtomicBool = AtomicBool::new(false);
+    static FUSED: OnceLock<Option<String>> = OnceLock::new();
+
+    /// Runs `call` with the fused kernels of CUDA device `index` (None: not a CUDA tensor) when
+    /// the fused path applies to `elements` activation elements (threshold and `WEFT_FUSED`).
+    /// `call` returns None for burn's path (an unsupported view or dtype, a launch error).
+    pub(super) fn fused_call<R>(
+        index: Option<usize>,
+        elements: usize,
+        call: impl FnOnce(&CudaFused) -> Option<R>,
+    ) -> Option<R> {
+        let index = index?;
+        if FUSED_OFF.load(Ordering::Relaxed) {
+            return None;
+        }
+        match setting(&FUSED, "WEFT_FUSED") {
+            Some("0") => {
+                FUSED_OFF.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Some("1") => {}
+            _ if elements < super::MIN_FUSED_ELEMENTS => return None,
+            _ => {}
+        }
+        let kernels = match CudaFused::shared(index) {
+            Ok(kernels) => kernels,
+            Err(e) => {
+                tracing::warn!("fused block kernels unavailable, using burn's kernels: {e}");
+                FUSED_OFF.store(true, Ordering::Relaxed);
+                return None;
+            }
+        };
+        call(&kernels)
+    }
+
+    /// The CUDA device index of `t`, if it is a burn-cuda tensor.
+    pub(super) fn index_of<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<usize> {
+        as_cuda(t).map(|t| t.device().index)
+    }
+
+    /// A fused kernel's error as burn's path, logged once per call site at debug level.
+    pub(super) fn taken<T>(what: &str, result: Result<T, FusedError>) -> Option<T> {
+        result
+            .map_err(|e| tracing::debug!("fused {what} not taken ({e}); using burn's kernels"))
+            .ok()
     }
 
     /// One cuBLASLt handle per device for the process.

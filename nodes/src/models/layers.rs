@@ -156,6 +156,9 @@ impl<B: Backend> GroupNorm<B> {
 /// GELU, tanh approximation (PyTorch's `approximate="tanh"`, as Flux's MLPs use):
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with x³ as products (burn's `powf` is slow).
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if let Some(y) = super::fast::gelu_tanh(&x) {
+        return y;
+    }
     const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
     let cube = x.clone() * x.clone() * x.clone();
     let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;

@@ -21,6 +21,20 @@ pub use source::{TensorSource, Weights};
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+
+/// Runs `f` as op `name` of the `WEFT_PROFILE=1` profile (`weft_engine::profile`), waiting for
+/// `like`'s device around it; a plain call when profiling is off.
+pub(crate) fn op<B: Backend, const D: usize, R>(
+    name: &'static str,
+    like: &Tensor<B, D>,
+    f: impl FnOnce() -> R,
+) -> R {
+    if !weft_engine::profile::enabled() {
+        return f();
+    }
+    let device = like.device();
+    weft_engine::profile::op(name, || drop(B::sync(&device)), f)
+}
 use weft_engine::formats::FormatError;
 
 /// Why a model could not be built or run. File variants name the file (`origin`) and tensor.

@@ -4,6 +4,7 @@
 use super::FluxConfig;
 use super::rope::Rope;
 use crate::models::ModelError;
+use crate::models::{fast, op};
 use crate::models::layers::{Linear, attention, gelu_tanh, layer_norm, rms_norm, to_dtype};
 use crate::models::source::Weights;
 use burn::tensor::{DType, Tensor};
@@ -46,10 +47,34 @@ struct Mod<B: Backend> {
 }
 
 impl<B: Backend> Mod<B> {
-    /// `(1 + scale) * x + shift` on an already normalized `x`.
-    fn modulate(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        x * (self.scale.clone() + 1.0) + self.shift.clone()
+    /// `(1 + scale) * LayerNorm(x) + shift` (one fused pass on CUDA).
+    fn modulate_norm(&self, x: &Tensor<B, 3>) -> Tensor<B, 3> {
+        modulate_norm(x, &self.shift, &self.scale)
     }
+
+    /// `x + gate * h` (one fused pass on CUDA).
+    fn gated(&self, x: Tensor<B, 3>, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        op("gated residual", &x.clone(), || {
+            if let Some(y) = fast::gate_residual(&x, &self.gate, &h) {
+                return y;
+            }
+            x + self.gate.clone() * h
+        })
+    }
+}
+
+/// `(1 + scale) * LayerNorm(x) + shift`, LayerNorm without affine.
+fn modulate_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    shift: &Tensor<B, 3>,
+    scale: &Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    op("layer norm + modulate", x, || {
+        if let Some(y) = fast::ln_modulate(x, shift, scale, EPS) {
+            return y;
+        }
+        layer_norm(x.clone(), EPS) * (scale.clone() + 1.0) + shift.clone()
+    })
 }
 
 /// `lin(silu(vec))` split into `chunks` [B, 1, hidden] pieces (BFL `Modulation`), in the
@@ -60,9 +85,11 @@ fn modulation<B: Backend>(
     chunks: usize,
     dtype: DType,
 ) -> Vec<Tensor<B, 3>> {
-    to_dtype(lin.forward(silu(vec.clone())), dtype)
-        .unsqueeze_dim::<3>(1)
-        .chunk(chunks, 2)
+    op("modulation", vec, || {
+        to_dtype(lin.forward(silu(vec.clone())), dtype)
+            .unsqueeze_dim::<3>(1)
+            .chunk(chunks, 2)
+    })
 }
 
 fn mods<B: Backend>(parts: &[Tensor<B, 3>]) -> Mod<B> {
@@ -110,17 +137,49 @@ fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, norm: &QkNorm<B>, heads: usize) -> [
     ]
 }
 
-/// RoPE, attention, and heads merged back: [B, L, H·D].
-fn rope_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+/// q, k, v [B, H, ΣL, D] of fused projections `parts` (token order, each [B, L_i, 3·H·D]),
+/// q and k RMS-normalized and rotated by `pe` (one fused pass per part on CUDA).
+fn heads_qkv<B: Backend>(
+    parts: Vec<(Tensor<B, 3>, &QkNorm<B>)>,
+    heads: usize,
     pe: &Rope<B>,
-) -> Tensor<B, 3> {
+) -> [Tensor<B, 4>; 3] {
+    op("qk norm + rope", pe.cos(), || heads_qkv_unprofiled(parts, heads, pe))
+}
+
+fn heads_qkv_unprofiled<B: Backend>(
+    parts: Vec<(Tensor<B, 3>, &QkNorm<B>)>,
+    heads: usize,
+    pe: &Rope<B>,
+) -> [Tensor<B, 4>; 3] {
+    let segments: Vec<_> = parts
+        .iter()
+        .map(|(qkv, norm)| (qkv.clone(), norm.query.clone(), norm.key.clone()))
+        .collect();
+    if let Some(out) = fast::qk_norm_rope(&segments, pe.cos(), pe.sin(), heads, EPS) {
+        return out;
+    }
+    drop(segments);
+    let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+    for (qkv, norm) in parts {
+        let [q, k, v] = split_qkv(qkv, norm, heads);
+        qs.push(q);
+        ks.push(k);
+        vs.push(v);
+    }
+    let cat = |mut t: Vec<Tensor<B, 4>>| match t.len() {
+        1 => t.remove(0),
+        _ => Tensor::cat(t, 2),
+    };
+    [pe.apply(cat(qs)), pe.apply(cat(ks)), cat(vs)]
+}
+
+/// Attention over [B, H, L, D] heads, merged back: [B, L, H·D].
+fn attention_merged<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 3> {
     let [b, h, l, d] = q.dims();
-    attention(pe.apply(q), pe.apply(k), v)
-        .swap_dims(1, 2)
-        .reshape([b, l, h * d])
+    op("attention", &q.clone(), || {
+        attention(q, k, v).swap_dims(1, 2).reshape([b, l, h * d])
+    })
 }
 
 /// One stream (img or txt) of a double block.
@@ -152,17 +211,12 @@ impl<B: Backend> Stream<B> {
         })
     }
 
-    /// Modulation and the q, k, v of this stream's tokens.
-    fn pre_attention(
-        &self,
-        x: &Tensor<B, 3>,
-        vec: &Tensor<B, 2>,
-        heads: usize,
-    ) -> ([Mod<B>; 2], [Tensor<B, 4>; 3]) {
+    /// Modulation and the fused q, k, v projection [B, L, 3·H·D] of this stream's tokens.
+    fn pre_attention(&self, x: &Tensor<B, 3>, vec: &Tensor<B, 2>) -> ([Mod<B>; 2], Tensor<B, 3>) {
         let parts = modulation(&self.modulation, vec, 6, x.dtype());
         let (m1, m2) = (mods(&parts[0..3]), mods(&parts[3..6]));
-        let modulated = m1.modulate(layer_norm(x.clone(), EPS));
-        let qkv = split_qkv(self.qkv.forward(modulated), &self.norm, heads);
+        let modulated = m1.modulate_norm(x);
+        let qkv = op("linear qkv", x, || self.qkv.forward(modulated));
         ([m1, m2], qkv)
     }
 
@@ -172,11 +226,13 @@ impl<B: Backend> Stream<B> {
         attn: Tensor<B, 3>,
         [m1, m2]: [Mod<B>; 2],
     ) -> Tensor<B, 3> {
-        let x = x + m1.gate * self.proj.forward(attn);
-        let mlp = self.mlp_out.forward(gelu_tanh(
-            self.mlp_in.forward(m2.modulate(layer_norm(x.clone(), EPS))),
-        ));
-        x + m2.gate * mlp
+        let proj = op("linear proj", &x, || self.proj.forward(attn));
+        let x = m1.gated(x, proj);
+        let modulated = m2.modulate_norm(&x);
+        let hidden = op("linear mlp in", &x, || self.mlp_in.forward(modulated));
+        let hidden = op("gelu", &x, || gelu_tanh(hidden));
+        let mlp = op("linear mlp out", &x, || self.mlp_out.forward(hidden));
+        m2.gated(x, mlp)
     }
 }
 
@@ -205,12 +261,14 @@ impl<B: Backend> DoubleBlock<B> {
         vec: &Tensor<B, 2>,
         pe: &Rope<B>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let (img_mods, [img_q, img_k, img_v]) = self.img.pre_attention(&img, vec, self.heads);
-        let (txt_mods, [txt_q, txt_k, txt_v]) = self.txt.pre_attention(&txt, vec, self.heads);
-        let q = Tensor::cat(vec![txt_q, img_q], 2);
-        let k = Tensor::cat(vec![txt_k, img_k], 2);
-        let v = Tensor::cat(vec![txt_v, img_v], 2);
-        let attn = rope_attention(q, k, v, pe);
+        let (img_mods, img_qkv) = self.img.pre_attention(&img, vec);
+        let (txt_mods, txt_qkv) = self.txt.pre_attention(&txt, vec);
+        let [q, k, v] = heads_qkv(
+            vec![(txt_qkv, &self.txt.norm), (img_qkv, &self.img.norm)],
+            self.heads,
+            pe,
+        );
+        let attn = attention_merged(q, k, v);
         let (n_txt, n_img) = (txt.dims()[1], img.dims()[1]);
         let txt_attn = attn.clone().narrow(1, 0, n_txt);
         let img_attn = attn.narrow(1, n_txt, n_img);
@@ -253,12 +311,15 @@ impl<B: Backend> SingleBlock<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
         let m = mods(&modulation(&self.modulation, vec, 3, x.dtype()));
-        let modulated = m.modulate(layer_norm(x.clone(), EPS));
-        let mlp = gelu_tanh(self.mlp_in.forward(modulated.clone()));
-        let [q, k, v] = split_qkv(self.qkv.forward(modulated), &self.norm, self.heads);
-        let attn = rope_attention(q, k, v, pe);
-        let out = self.linear2.forward(Tensor::cat(vec![attn, mlp], 2));
-        x + m.gate * out
+        let modulated = m.modulate_norm(&x);
+        let hidden = op("linear mlp in", &x, || self.mlp_in.forward(modulated.clone()));
+        let mlp = op("gelu", &x, || gelu_tanh(hidden));
+        let qkv = op("linear qkv", &x, || self.qkv.forward(modulated));
+        let [q, k, v] = heads_qkv(vec![(qkv, &self.norm)], self.heads, pe);
+        let attn = attention_merged(q, k, v);
+        let merged = op("concat", &x, || Tensor::cat(vec![attn, mlp], 2));
+        let out = op("linear2 (out)", &x, || self.linear2.forward(merged));
+        m.gated(x, out)
     }
 }
 
@@ -279,8 +340,6 @@ impl<B: Backend> LastLayer<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>) -> Tensor<B, 3> {
         let parts = modulation(&self.ada_ln, vec, 2, x.dtype());
-        let (shift, scale) = (parts[0].clone(), parts[1].clone());
-        self.linear
-            .forward(layer_norm(x, EPS) * (scale + 1.0) + shift)
+        self.linear.forward(modulate_norm(&x, &parts[0], &parts[1]))
     }
 }

@@ -17,6 +17,7 @@ use super::source::{TensorSource, Weights};
 use super::{LatentFormat, ModelError};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
+use std::sync::{Arc, Mutex};
 
 /// Diffusion-model architectures this module builds, as `general.architecture` names them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["flux"];
@@ -169,6 +170,9 @@ pub struct Flux<B: Backend> {
     double_blocks: Vec<DoubleBlock<B>>,
     single_blocks: Vec<SingleBlock<B>>,
     final_layer: LastLayer<B>,
+    /// The RoPE tables of the last forward's ids: sampling repeats them every step, and building
+    /// them takes ~10⁶ host sines and cosines at 1024².
+    rope_cache: Arc<Mutex<Option<(Vec<[f32; 3]>, Rope<B>)>>>,
 }
 
 /// Inputs that accompany the image tokens.
@@ -220,6 +224,7 @@ impl<B: Backend> Flux<B> {
                 .map(|i| SingleBlock::load(w, i, &config))
                 .collect::<Result<_, _>>()?,
             final_layer: LastLayer::load(w, &config)?,
+            rope_cache: Arc::default(),
             config,
         })
     }
@@ -313,7 +318,7 @@ impl<B: Backend> Flux<B> {
         let mut img = to_dtype(self.img_in.forward(img), act);
         let mut txt = to_dtype(self.txt_in.forward(cond.context.clone()), act);
         let ids: Vec<[f32; 3]> = txt_ids.iter().chain(img_ids).copied().collect();
-        let pe = Rope::new(&ids, c.axes_dim, c.theta, &device);
+        let pe = self.rope(ids, &device);
 
         for block in &self.double_blocks {
             (img, txt) = block.forward(img, txt, &vec, &pe);
@@ -324,6 +329,21 @@ impl<B: Backend> Flux<B> {
         }
         let img = x.narrow(1, l_txt, l_img);
         Ok(to_dtype(self.final_layer.forward(img, &vec), out_dtype))
+    }
+
+    /// The RoPE tables of `ids`, from the cache when the last forward had the same ids.
+    fn rope(&self, ids: Vec<[f32; 3]>, device: &B::Device) -> Rope<B> {
+        let mut cache = self.rope_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, pe)) = cache.as_ref()
+            && *cached == ids
+            && &pe.cos().device() == device
+        {
+            return pe.clone();
+        }
+        let c = &self.config;
+        let pe = Rope::new(&ids, c.axes_dim, c.theta, device);
+        *cache = Some((ids, pe.clone()));
+        pe
     }
 
     /// The type the blocks' activations are kept in: BF16 when the weights are (a CUDA load, as

@@ -21,15 +21,19 @@ impl<B: Backend> Rope<B> {
         let head_dim: usize = axes_dim.iter().sum();
         let mut cos = Vec::with_capacity(ids.len() * head_dim);
         let mut sin = Vec::with_capacity(ids.len() * head_dim);
+        // (axis, frequency) for each pair of the head dimension, in order.
+        let omegas: Vec<(usize, f64)> = axes_dim
+            .iter()
+            .enumerate()
+            .flat_map(|(axis, &dim)| {
+                (0..dim / 2).map(move |i| (axis, 1.0 / theta.powf((2 * i) as f64 / dim as f64)))
+            })
+            .collect();
         for id in ids {
-            for (axis, &dim) in axes_dim.iter().enumerate() {
-                let pos = f64::from(id[axis]);
-                for i in 0..dim / 2 {
-                    let omega = 1.0 / theta.powf((2 * i) as f64 / dim as f64);
-                    let angle = pos * omega;
-                    cos.extend([angle.cos() as f32; 2]);
-                    sin.extend([angle.sin() as f32; 2]);
-                }
+            for &(axis, omega) in &omegas {
+                let angle = f64::from(id[axis]) * omega;
+                cos.extend([angle.cos() as f32; 2]);
+                sin.extend([angle.sin() as f32; 2]);
             }
         }
         let table =
@@ -59,6 +63,16 @@ impl<B: Backend> Rope<B> {
         .reshape([b, h, l, d]);
         x * self.cos.clone().reshape([1, 1, l, d])
             + rotated * self.sin.clone().reshape([1, 1, l, d])
+    }
+
+    /// The cosine table [L, head_dim] (f32).
+    pub fn cos(&self) -> &Tensor<B, 2> {
+        &self.cos
+    }
+
+    /// The sine table [L, head_dim] (f32).
+    pub fn sin(&self) -> &Tensor<B, 2> {
+        &self.sin
     }
 
     /// Sequence length the tables cover.

@@ -1,0 +1,461 @@
+//! `CudaFused`: the fused block kernels of `kernels/fused.cu` on burn-cuda tensors — GELU (tanh),
+//! LayerNorm + modulation, gated residual, and the QKV split with QK RMS-norm and RoPE — each one
+//! pass over the activations where burn runs a chain of kernels that each read and write them all.
+//!
+//! Compiled by NVRTC once per architecture and process, loaded once per device, run on burn's
+//! buffers: outputs allocated, then the kernels queued on our stream between the two halves of a
+//! [`super::fence`] (burn's earlier work before them, burn's later work after them, on the
+//! device; host waits where there is no fence). Shapes and geometry are checked by [`super::fused_plan`]; any
+//! error there means the caller keeps burn's path.
+use super::fence;
+use super::fused_plan::{self, FusedDType, FusedError};
+use crate::patcher::cuda::CudaBackend;
+use burn::tensor::{DType, Tensor};
+use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
+use burn_cubecl::tensor::CubeTensor;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn driver_err(what: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> FusedError {
+    let what = what.into();
+    move |e| FusedError::Driver {
+        what,
+        message: format!("{e:?}"),
+    }
+}
+
+fn burn_err<E: std::fmt::Debug>(what: impl Into<String>) -> impl FnOnce(E) -> FusedError {
+    let what = what.into();
+    move |e| FusedError::Burn {
+        what,
+        message: format!("{e:?}"),
+    }
+}
+
+/// The PTX of `kernels/fused.cu` per architecture, compiled once per process.
+fn ptx_for(arch: &str) -> Result<Ptx, FusedError> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Ptx>>> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(ptx) = cache.get(arch) {
+        return Ok(ptx.clone());
+    }
+    let opts = CompileOptions {
+        options: fused_plan::nvrtc_options(arch),
+        name: Some("fused.cu".into()),
+        ..Default::default()
+    };
+    // A missing libnvrtc makes cudarc panic: an error here, so the caller keeps burn's path.
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compile_ptx_with_opts(fused_plan::KERNEL_SOURCE, opts)
+    }))
+    .map_err(|_| FusedError::Compile {
+        arch: arch.to_string(),
+        message: "the NVRTC library (libnvrtc) could not be loaded".into(),
+    })?;
+    let ptx = compiled.map_err(|e| FusedError::Compile {
+        arch: arch.to_string(),
+        message: match &e {
+            cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
+                format!("{nvrtc:?}: {}", log.to_string_lossy().trim())
+            }
+            other => format!("{other:?}"),
+        },
+    })?;
+    cache.insert(arch.to_string(), ptx.clone());
+    Ok(ptx)
+}
+
+/// One segment of a `qk_norm_rope` call: a fused projection [B, L, 3·H·D] and the RMS-norm
+/// scales [D] of its queries and keys.
+pub struct QkvSegment {
+    pub qkv: Tensor<CudaBackend, 3>,
+    pub q_scale: Tensor<CudaBackend, 1>,
+    pub k_scale: Tensor<CudaBackend, 1>,
+}
+
+/// The fused kernels on one device. Cheap to share (`&self` everywhere).
+pub struct CudaFused {
+    device: CudaDevice,
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<String, CudaFunction>,
+    /// One launch sequence at a time (the inputs held and the stream waited for per call).
+    launching: Mutex<()>,
+}
+
+/// A contiguous operand: its primitive (held until the kernels finish) and device address.
+struct Operand {
+    _tensor: CubeTensor<CudaRuntime>,
+    ptr: u64,
+}
+
+impl CudaFused {
+    /// The kernels on device `index`, in burn-cuda's primary context.
+    pub fn new(index: usize) -> Result<Self, FusedError> {
+        let what = format!("cuda:{index}");
+        let context = CudaContext::new(index).map_err(driver_err(format!("{what}: context")))?;
+        let (major, minor) = context
+            .compute_capability()
+            .map_err(driver_err(format!("{what}: compute capability")))?;
+        let arch = super::dequant_plan::gpu_arch(major, minor);
+        let module = context
+            .load_module(ptx_for(&arch)?)
+            .map_err(driver_err(format!("{what}: loading the {arch} kernels")))?;
+        let mut functions = HashMap::new();
+        for name in fused_plan::all_kernels() {
+            let function = module
+                .load_function(&name)
+                .map_err(driver_err(format!("kernel {name}")))?;
+            functions.insert(name, function);
+        }
+        let stream = context
+            .new_stream()
+            .map_err(driver_err(format!("{what}: stream")))?;
+        Ok(CudaFused {
+            device: CudaDevice { index },
+            context,
+            stream,
+            functions,
+            launching: Mutex::new(()),
+        })
+    }
+
+    /// The process's `CudaFused` for device `index`, made on first use.
+    pub fn shared(index: usize) -> Result<Arc<Self>, FusedError> {
+        static SHARED: OnceLock<Mutex<HashMap<usize, Arc<CudaFused>>>> = OnceLock::new();
+        let mut shared = SHARED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = shared.get(&index) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(CudaFused::new(index)?);
+        shared.insert(index, f.clone());
+        Ok(f)
+    }
+
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    pub fn gelu_tanh<const D: usize>(
+        &self,
+        x: &Tensor<CudaBackend, D>,
+    ) -> Result<Tensor<CudaBackend, D>, FusedError> {
+        let dtype = fused_dtype(x.dtype(), "gelu_tanh")?;
+        let n = x.shape().num_elements() as u64;
+        let out = Tensor::<CudaBackend, D>::empty(x.shape(), (&self.device, x.dtype()));
+        let (input, output) = (operand(x, "gelu_tanh")?, operand(&out, "gelu_tanh")?);
+        let (grid, block) = fused_plan::elementwise(n);
+        self.run(|s| {
+            if grid == 0 {
+                return Ok(());
+            }
+            let f = self.function("gelu_tanh", dtype)?;
+            let mut args = s.launch_builder(f);
+            args.arg(&input.ptr).arg(&output.ptr).arg(&n);
+            // SAFETY: (const T *x, T *y, u64 n): both buffers hold n contiguous elements of the
+            // kernel's type (checked by `operand` and `fused_dtype`); the kernel reads x[0..n)
+            // and writes y[0..n) only.
+            unsafe { args.launch(config(grid, block)) }
+                .map(drop)
+                .map_err(driver_err("gelu_tanh"))
+        })?;
+        Ok(out)
+    }
+
+    /// `LayerNorm(x)·(1 + scale) + shift` for `x` [B, L, C], `shift` and `scale` [B, 1, C]
+    /// (no affine; f32 statistics).
+    pub fn ln_modulate(
+        &self,
+        x: &Tensor<CudaBackend, 3>,
+        shift: &Tensor<CudaBackend, 3>,
+        scale: &Tensor<CudaBackend, 3>,
+        eps: f32,
+    ) -> Result<Tensor<CudaBackend, 3>, FusedError> {
+        const WHAT: &str = "ln_modulate";
+        let dtype = same_dtype(&[x.dtype(), shift.dtype(), scale.dtype()], WHAT)?;
+        let [b, l, c] = x.dims();
+        fused_plan::check_modulation(&[b, l, c], &shift.dims(), WHAT)?;
+        fused_plan::check_modulation(&[b, l, c], &scale.dims(), WHAT)?;
+        let (grid, block) = fused_plan::rows((b * l) as u64, c as u64, WHAT)?;
+        let (cols, rows_per_batch) = (u32_of(c, WHAT)?, u32_of(l, WHAT)?);
+        let out = Tensor::<CudaBackend, 3>::empty([b, l, c], (&self.device, x.dtype()));
+        let ops = [
+            operand(x, WHAT)?,
+            operand(shift, WHAT)?,
+            operand(scale, WHAT)?,
+            operand(&out, WHAT)?,
+        ];
+        self.run(|s| {
+            if grid == 0 {
+                return Ok(());
+            }
+            let f = self.function(WHAT, dtype)?;
+            let mut args = s.launch_builder(f);
+            args.arg(&ops[0].ptr)
+                .arg(&ops[1].ptr)
+                .arg(&ops[2].ptr)
+                .arg(&ops[3].ptr)
+                .arg(&cols)
+                .arg(&rows_per_batch)
+                .arg(&eps);
+            // SAFETY: (x, shift, scale, y, u32 cols, u32 rows_per_batch, f32 eps): x and y hold
+            // B·L rows of `cols` contiguous elements, shift and scale B rows of `cols` (shapes
+            // checked above, contiguity and dtype by `operand`/`same_dtype`); block r reads row r
+            // of x and row r / L of shift and scale, and writes row r of y only.
+            unsafe { args.launch(config(grid, block)) }
+                .map(drop)
+                .map_err(driver_err(WHAT))
+        })?;
+        Ok(out)
+    }
+
+    /// `x + gate·h` for `x`, `h` [B, L, C] and `gate` [B, 1, C].
+    pub fn gate_residual(
+        &self,
+        x: &Tensor<CudaBackend, 3>,
+        gate: &Tensor<CudaBackend, 3>,
+        h: &Tensor<CudaBackend, 3>,
+    ) -> Result<Tensor<CudaBackend, 3>, FusedError> {
+        const WHAT: &str = "gate_residual";
+        let dtype = same_dtype(&[x.dtype(), gate.dtype(), h.dtype()], WHAT)?;
+        let [b, l, c] = x.dims();
+        fused_plan::check_modulation(&[b, l, c], &gate.dims(), WHAT)?;
+        if h.dims() != [b, l, c] {
+            return Err(FusedError::Shape {
+                what: WHAT,
+                shape: h.dims().to_vec(),
+                why: format!("differs from the residual {:?}", [b, l, c]),
+            });
+        }
+        let (grid, block) = fused_plan::rows((b * l) as u64, c as u64, WHAT)?;
+        let (cols, rows_per_batch) = (u32_of(c, WHAT)?, u32_of(l, WHAT)?);
+        let out = Tensor::<CudaBackend, 3>::empty([b, l, c], (&self.device, x.dtype()));
+        let ops = [
+            operand(x, WHAT)?,
+            operand(gate, WHAT)?,
+            operand(h, WHAT)?,
+            operand(&out, WHAT)?,
+        ];
+        self.run(|s| {
+            if grid == 0 {
+                return Ok(());
+            }
+            let f = self.function(WHAT, dtype)?;
+            let mut args = s.launch_builder(f);
+            args.arg(&ops[0].ptr)
+                .arg(&ops[1].ptr)
+                .arg(&ops[2].ptr)
+                .arg(&ops[3].ptr)
+                .arg(&cols)
+                .arg(&rows_per_batch);
+            // SAFETY: (x, gate, h, y, u32 cols, u32 rows_per_batch): x, h and y hold B·L rows of
+            // `cols` contiguous elements, gate B rows (checked above); block r reads row r of x
+            // and h and row r / L of gate, and writes row r of y only.
+            unsafe { args.launch(config(grid, block)) }
+                .map(drop)
+                .map_err(driver_err(WHAT))
+        })?;
+        Ok(out)
+    }
+
+    /// q, k, v [B, H, ΣL, D] from fused projections `segments` (token order; each [B, L_i,
+    /// 3·H·D]): q and k RMS-normalized with their scales and rotated by `cos`/`sin` [ΣL, D]
+    /// (f32), v split out unchanged.
+    pub fn qk_norm_rope(
+        &self,
+        segments: &[QkvSegment],
+        cos: &Tensor<CudaBackend, 2>,
+        sin: &Tensor<CudaBackend, 2>,
+        heads: usize,
+        eps: f32,
+    ) -> Result<[Tensor<CudaBackend, 4>; 3], FusedError> {
+        const WHAT: &str = "qk_norm_rope";
+        let shapes: Vec<[usize; 3]> = segments.iter().map(|s| s.qkv.dims()).collect();
+        let scales: Vec<usize> = segments
+            .iter()
+            .flat_map(|s| [s.q_scale.dims()[0], s.k_scale.dims()[0]])
+            .collect();
+        if cos.dims() != sin.dims() {
+            return Err(FusedError::Shape {
+                what: WHAT,
+                shape: sin.dims().to_vec(),
+                why: format!("sine table differs from the cosine table {:?}", cos.dims()),
+            });
+        }
+        let (batch, tokens, d) = fused_plan::check_qkv(&shapes, &scales, cos.dims(), heads)?;
+        let mut dtypes: Vec<DType> = segments
+            .iter()
+            .flat_map(|s| [s.qkv.dtype(), s.q_scale.dtype(), s.k_scale.dtype()])
+            .collect();
+        let dtype = same_dtype(&dtypes, WHAT)?;
+        dtypes = vec![cos.dtype(), sin.dtype()];
+        if dtypes.iter().any(|&t| t != DType::F32) {
+            return Err(FusedError::DType {
+                what: WHAT,
+                dtype: format!("RoPE tables {dtypes:?} (must be F32)"),
+            });
+        }
+        let out_shape = [batch, heads, tokens, d];
+        let empty = || Tensor::<CudaBackend, 4>::empty(out_shape, (&self.device, segments[0].qkv.dtype()));
+        let outs = [empty(), empty(), empty()];
+        let out_ops = [
+            operand(&outs[0], WHAT)?,
+            operand(&outs[1], WHAT)?,
+            operand(&outs[2], WHAT)?,
+        ];
+        let (cos_op, sin_op) = (operand(cos, WHAT)?, operand(sin, WHAT)?);
+        let mut launches = Vec::with_capacity(segments.len());
+        let mut offset = 0usize;
+        for s in segments {
+            let l_in = s.qkv.dims()[1];
+            let (grid, block) = fused_plan::warps((batch * l_in * heads) as u64, WHAT)?;
+            launches.push((
+                [
+                    operand(&s.qkv, WHAT)?,
+                    operand(&s.q_scale, WHAT)?,
+                    operand(&s.k_scale, WHAT)?,
+                ],
+                [u32_of(l_in, WHAT)?, u32_of(offset, WHAT)?],
+                (grid, block),
+            ));
+            offset += l_in;
+        }
+        let dims = [
+            u32_of(batch, WHAT)?,
+            u32_of(heads, WHAT)?,
+            u32_of(d, WHAT)?,
+            u32_of(tokens, WHAT)?,
+        ];
+        self.run(|s| {
+            let f = self.function(WHAT, dtype)?;
+            for (ins, [l_in, l_offset], (grid, block)) in &launches {
+                if *grid == 0 {
+                    continue;
+                }
+                let mut args = s.launch_builder(f);
+                args.arg(&ins[0].ptr)
+                    .arg(&ins[1].ptr)
+                    .arg(&ins[2].ptr)
+                    .arg(&cos_op.ptr)
+                    .arg(&sin_op.ptr)
+                    .arg(&out_ops[0].ptr)
+                    .arg(&out_ops[1].ptr)
+                    .arg(&out_ops[2].ptr)
+                    .arg(&dims[0])
+                    .arg(l_in)
+                    .arg(&dims[1])
+                    .arg(&dims[2])
+                    .arg(&dims[3])
+                    .arg(l_offset)
+                    .arg(&eps);
+                // SAFETY: (qkv, q_scale, k_scale, cos, sin, q, k, v, u32 batch, u32 l_in, u32
+                // heads, u32 d, u32 l_out, u32 l_offset, f32 eps): qkv holds [B, l_in, 3, H, D]
+                // contiguous, the scales D values, the tables [l_out, D] f32, the outputs [B, H,
+                // l_out, D] (all checked by `check_qkv`, `operand`, `same_dtype`); warp w reads
+                // one token's q, k, v head and table row l_offset + l < l_out, and writes that
+                // head's row at l_offset + l of q, k and v only. Segments write disjoint rows.
+                unsafe { args.launch(config(*grid, *block)) }.map_err(driver_err(WHAT))?;
+            }
+            Ok(())
+        })?;
+        Ok(outs)
+    }
+
+    fn function(&self, family: &str, dtype: FusedDType) -> Result<&CudaFunction, FusedError> {
+        let name = fused_plan::kernel_name(family, dtype);
+        self.functions.get(&name).ok_or_else(|| FusedError::Driver {
+            what: name,
+            message: "kernel not in the module".into(),
+        })
+    }
+
+    /// Queues `launch` on our stream after burn's queue (inputs written, outputs' buffers
+    /// free) and orders burn's later work after it ([`super::fence`]: on the device, or by host
+    /// waits without a fence); the caller's operands live until then.
+    fn run(
+        &self,
+        launch: impl FnOnce(&Arc<CudaStream>) -> Result<(), FusedError>,
+    ) -> Result<(), FusedError> {
+        let _one = self.launching.lock().unwrap_or_else(|p| p.into_inner());
+        self.context.bind_to_thread().map_err(driver_err("bind"))?;
+        let ticket = fence::before(&self.device, &self.stream).map_err(burn_err("ordering"))?;
+        let launched = launch(&self.stream);
+        // Whatever was queued is ordered before burn's later work (and the operands' reuse).
+        let ordered = fence::after(ticket, &self.stream).map_err(burn_err("ordering"));
+        launched?;
+        ordered
+    }
+}
+
+impl Drop for CudaFused {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+    }
+}
+
+fn config(grid: u32, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn fused_dtype(dtype: DType, what: &'static str) -> Result<FusedDType, FusedError> {
+    match dtype {
+        DType::F32 => Ok(FusedDType::F32),
+        DType::BF16 => Ok(FusedDType::BF16),
+        other => Err(FusedError::DType {
+            what,
+            dtype: format!("{other:?}"),
+        }),
+    }
+}
+
+fn same_dtype(dtypes: &[DType], what: &'static str) -> Result<FusedDType, FusedError> {
+    let first = dtypes[0];
+    if let Some(other) = dtypes.iter().find(|&&d| d != first) {
+        return Err(FusedError::DType {
+            what,
+            dtype: format!("{first:?} with {other:?}"),
+        });
+    }
+    fused_dtype(first, what)
+}
+
+fn u32_of(v: usize, what: &'static str) -> Result<u32, FusedError> {
+    u32::try_from(v).map_err(|_| FusedError::TooLarge {
+        what,
+        count: v as u64,
+    })
+}
+
+/// The primitive of a dense float tensor ([`fused_plan::dense`]) and its device address (the
+/// view's offset included).
+fn operand<const D: usize>(
+    t: &Tensor<CudaBackend, D>,
+    what: &'static str,
+) -> Result<Operand, FusedError> {
+    let tensor: CubeTensor<CudaRuntime> = t.clone().into_primitive().tensor();
+    if !fused_plan::dense(tensor.meta.shape(), tensor.meta.strides()) || tensor.qparams.is_some() {
+        return Err(FusedError::Shape {
+            what,
+            shape: tensor.meta.shape().to_vec(),
+            why: format!("is not contiguous (strides {:?})", tensor.meta.strides()),
+        });
+    }
+    let resource = tensor
+        .client
+        .get_resource(tensor.handle.clone())
+        .map_err(burn_err(what))?;
+    let ptr = resource.resource().ptr;
+    Ok(Operand {
+        _tensor: tensor,
+        ptr,
+    })
+}
