@@ -121,7 +121,7 @@ impl StreamFence {
         let (to_burn, to_burn_ptr) = word()?;
         // The zeros are written before any fence is used.
         CudaBackend::sync(device).map_err(|e| FenceError(format!("sync: {e:?}")))?;
-        Ok(StreamFence {
+        let fence = StreamFence {
             context,
             wait_kernel,
             signal_kernel,
@@ -130,7 +130,72 @@ impl StreamFence {
             to_burn,
             to_burn_ptr,
             next: AtomicU32::new(1),
-        })
+        };
+        fence.self_test(device)?;
+        Ok(fence)
+    }
+
+    /// Checks the four kernels and both addresses before any wait can depend on them, so that a
+    /// kernel that does not run or a word read at the wrong address is an error here (host waits
+    /// from then on) rather than a wait that never ends: weft's signal kernel at both addresses,
+    /// read back through burn; burn's signal kernel, read back; then both waits on values the
+    /// words are known to hold, which return at once.
+    fn self_test(&self, device: &CudaDevice) -> Result<(), FenceError> {
+        let n = self.next.fetch_add(2, Ordering::Relaxed);
+        let stream = self
+            .context
+            .new_stream()
+            .map_err(|e| FenceError(format!("stream: {e:?}")))?;
+        let sync = || CudaBackend::sync(device).map_err(|e| FenceError(format!("sync: {e:?}")));
+        let read = |t: &CubeTensor<CudaRuntime>| -> Result<u32, FenceError> {
+            let t = Tensor::<CudaBackend, 1, Int>::from_primitive(t.clone());
+            let v = t
+                .into_data()
+                .convert::<u32>()
+                .to_vec::<u32>()
+                .map_err(|e| FenceError(format!("reading a word: {e:?}")))?;
+            v.first()
+                .copied()
+                .ok_or_else(|| FenceError("empty word".into()))
+        };
+        let expect = |what: &str, got: u32, want: u32| match got == want {
+            true => Ok(()),
+            false => Err(FenceError(format!("{what} wrote {got}, expected {want}"))),
+        };
+        let wait_stream = |s: &CudaStream| s.synchronize().map_err(|e| FenceError(format!("{e:?}")));
+        for (ptr, word) in [(self.to_weft_ptr, &self.to_weft), (self.to_burn_ptr, &self.to_burn)] {
+            self.launch(&stream, &self.signal_kernel, ptr, n)?;
+            wait_stream(&stream)?;
+            expect("weft's signal kernel", read(word)?, n)?;
+        }
+        // SAFETY: as in `acquire`: one thread storing into element 0 of a live one-word buffer.
+        unsafe {
+            fence_signal::launch_unchecked::<CudaRuntime>(
+                &self.to_weft.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                self.to_weft.clone().into_array_arg(),
+                n + 1,
+            );
+        }
+        sync()?;
+        expect("burn's signal kernel", read(&self.to_weft)?, n + 1)?;
+        // The words hold n + 1 and n, checked at the addresses the waits read.
+        self.launch(&stream, &self.wait_kernel, self.to_weft_ptr, n + 1)?;
+        wait_stream(&stream)?;
+        // SAFETY: as in `release`: one thread reading element 0 of a live one-word buffer.
+        unsafe {
+            fence_wait::launch_unchecked::<CudaRuntime>(
+                &self.to_burn.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                self.to_burn.clone().into_array_arg(),
+                n,
+            );
+        }
+        sync()?;
+        tracing::info!("stream fences on cuda:{}: self-test passed", device.index);
+        Ok(())
     }
 
     /// The fence of device `device`, made on first use.
@@ -164,6 +229,12 @@ impl StreamFence {
                 n,
             );
         }
+        // cubecl hands launches to its device thread: the signal must reach the GPU before the
+        // wait (two streams may share one hardware queue, where a wait ahead of its signal would
+        // never end).
+        client
+            .flush()
+            .map_err(|e| FenceError(format!("flushing burn's queue: {e:?}")))?;
         self.launch(stream, &self.wait_kernel, self.to_weft_ptr, n)?;
         Ok(n)
     }
