@@ -68,7 +68,12 @@ pub fn table(rows: &[(&'static str, OpTime)], steps: usize) -> String {
             100.0 * t.seconds / total.max(f64::MIN_POSITIVE)
         );
     }
-    out += &format!("{:<22} {:>10} {:>12.2}\n", "profiled total", "", total * 1e3 / steps);
+    out += &format!(
+        "{:<22} {:>10} {:>12.2}\n",
+        "profiled total",
+        "",
+        total * 1e3 / steps
+    );
     out
 }
 
@@ -79,8 +84,20 @@ mod tests {
     #[test]
     fn table_shares_and_per_step_figures() {
         let rows = [
-            ("gemm", OpTime { calls: 8, seconds: 0.3 }),
-            ("gelu", OpTime { calls: 4, seconds: 0.1 }),
+            (
+                "gemm",
+                OpTime {
+                    calls: 8,
+                    seconds: 0.3,
+                },
+            ),
+            (
+                "gelu",
+                OpTime {
+                    calls: 4,
+                    seconds: 0.1,
+                },
+            ),
         ];
         let t = table(&rows, 2);
         assert!(t.contains("gemm"), "{t}");

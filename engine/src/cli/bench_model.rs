@@ -312,8 +312,12 @@ fn measure_on<B: Backend>(
         .map(|c| c.total.saturating_sub(c.free));
     let manager = MemoryManager::<B>::new(weights.clone(), MemoryPolicy::default());
     let load_started = Instant::now();
-    let patcher = ModelPatcher::open(&args.file, weights.clone(), models.load_options(weights.weight_dtype()))
-        .with_context(|| format!("opening {}", args.file.display()))?;
+    let patcher = ModelPatcher::open(
+        &args.file,
+        weights.clone(),
+        models.load_options(weights.weight_dtype()),
+    )
+    .with_context(|| format!("opening {}", args.file.display()))?;
     let open_s = load_started.elapsed().as_secs_f64();
     let upload_started = Instant::now();
     let load = manager

@@ -15,10 +15,10 @@
 //!
 //! Unsupported dtypes, head dims or views are errors ([`AttentionError::Plan`]); the caller falls
 //! back to burn's attention.
-use super::fence;
 use super::attention_plan::{
     self, AttentionPlanError, AttentionProblem, AttnDType, KERNELS, View4,
 };
+use super::fence;
 use crate::patcher::cuda::CudaBackend;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;

@@ -1,5 +1,6 @@
 //! `weft bench fused`: the fused block kernels ([`super::fused`]) against the chains of burn-cuda
-//! kernels they replace, on Flux-shaped random activations: the largest difference from an f32
+//! kernels they replace (for the GEMV: burn's f32 product with the weight converted, the
+//! model's fallback), on Flux-shaped random activations: the largest difference from an f32
 //! reference computed by burn (the command fails beyond bf16 tolerance), and wall time per call
 //! of each side, waits included, as the model sees them.
 use anyhow::bail;
@@ -163,7 +164,8 @@ mod cuda {
     }
 
     fn gelu<const D: usize>(x: T<D>) -> T<D> {
-        let inner = (x.clone() + x.clone() * x.clone() * x.clone() * 0.044715) * 0.797_884_560_802_865_4;
+        let inner =
+            (x.clone() + x.clone() * x.clone() * x.clone() * 0.044715) * 0.797_884_560_802_865_4;
         x * (inner.tanh() + 1.0) * 0.5
     }
 
@@ -210,16 +212,17 @@ mod cuda {
         let d = c / heads;
         let eps = 1e-6;
         let mut rows = Vec::new();
-        let mut row = |op: &str, shape: Vec<usize>, fused_ms, burn_ms, (max_abs_diff, max_abs_ref)| {
-            rows.push(FusedRow {
-                op: op.into(),
-                shape,
-                fused_ms,
-                burn_ms,
-                max_abs_diff,
-                max_abs_ref,
-            })
-        };
+        let mut row =
+            |op: &str, shape: Vec<usize>, fused_ms, burn_ms, (max_abs_diff, max_abs_ref)| {
+                rows.push(FusedRow {
+                    op: op.into(),
+                    shape,
+                    fused_ms,
+                    burn_ms,
+                    max_abs_diff,
+                    max_abs_ref,
+                })
+            };
 
         // GELU over the MLP's hidden activations [1, L, 4C].
         let h = randn([1, l, 4 * c], 2.0, &device);
@@ -234,15 +237,21 @@ mod cuda {
 
         // LayerNorm + modulation.
         let x = randn([1, l, c], 1.0, &device).add_scalar(0.5);
-        let (shift, scale) = (randn([1, 1, c], 0.5, &device), randn([1, 1, c], 0.5, &device));
+        let (shift, scale) = (
+            randn([1, 1, c], 0.5, &device),
+            randn([1, 1, c], 0.5, &device),
+        );
         let got = fused.ln_modulate(&x, &shift, &scale, eps as f32)?;
         let want = layer_norm(f32_of(&x), eps) * (f32_of(&scale) + 1.0) + f32_of(&shift);
         row(
             "ln_modulate",
             vec![1, l, c],
-            time(&device, iters, || fused.ln_modulate(&x, &shift, &scale, eps as f32))?,
             time(&device, iters, || {
-                layer_norm(x.clone().cast(DType::F32), eps).cast(DType::BF16) * (scale.clone() + 1.0)
+                fused.ln_modulate(&x, &shift, &scale, eps as f32)
+            })?,
+            time(&device, iters, || {
+                layer_norm(x.clone().cast(DType::F32), eps).cast(DType::BF16)
+                    * (scale.clone() + 1.0)
                     + shift.clone()
             })?,
             diff(got, want)?,
@@ -257,6 +266,23 @@ mod cuda {
             vec![1, l, c],
             time(&device, iters, || fused.gate_residual(&x, &scale, &y))?,
             time(&device, iters, || x.clone() + scale.clone() * y.clone())?,
+            diff(got, want)?,
+        );
+
+        // GEMV: a modulation layer, x [1, C] (f32, as the model's `vec`) times W [6C, C] bf16.
+        let xv = randn([1, c], 1.0, &device).cast(DType::F32);
+        let w = randn([6 * c, c], 0.02, &device);
+        let bias = randn([6 * c], 0.1, &device).cast(DType::F32);
+        let got = fused.gemv(&xv, &w, Some(&bias))?;
+        let want = xv.clone().matmul(f32_of(&w).transpose()) + bias.clone().unsqueeze::<2>();
+        row(
+            "gemv",
+            vec![1, c, 6 * c],
+            time(&device, iters, || fused.gemv(&xv, &w, Some(&bias)))?,
+            time(&device, iters, || {
+                xv.clone().matmul(w.clone().cast(DType::F32).transpose())
+                    + bias.clone().unsqueeze::<2>()
+            })?,
             diff(got, want)?,
         );
 
@@ -304,17 +330,20 @@ mod cuda {
         let burn_chain = || {
             let mut out = Vec::new();
             for i in 0..3 {
-                let parts: Vec<T<4>> = segments
-                    .iter()
-                    .map(|s| {
-                        let t = split(s, i, false);
-                        match i {
-                            0 => rms(t.cast(DType::F32), &f32_of(&s.q_scale), eps).cast(DType::BF16),
-                            1 => rms(t.cast(DType::F32), &f32_of(&s.k_scale), eps).cast(DType::BF16),
-                            _ => t,
-                        }
-                    })
-                    .collect();
+                let parts: Vec<T<4>> =
+                    segments
+                        .iter()
+                        .map(|s| {
+                            let t = split(s, i, false);
+                            match i {
+                                0 => rms(t.cast(DType::F32), &f32_of(&s.q_scale), eps)
+                                    .cast(DType::BF16),
+                                1 => rms(t.cast(DType::F32), &f32_of(&s.k_scale), eps)
+                                    .cast(DType::BF16),
+                                _ => t,
+                            }
+                        })
+                        .collect();
                 let t = Tensor::cat(parts, 2);
                 out.push(if i < 2 {
                     rope(t.cast(DType::F32), &cos, &sin).cast(DType::BF16)
@@ -327,7 +356,9 @@ mod cuda {
         row(
             "qk_norm_rope",
             vec![1, l, 3 * c],
-            time(&device, iters, || fused.qk_norm_rope(&segments, &cos, &sin, heads, eps as f32))?,
+            time(&device, iters, || {
+                fused.qk_norm_rope(&segments, &cos, &sin, heads, eps as f32)
+            })?,
             time(&device, iters, burn_chain)?,
             (worst, top),
         );

@@ -162,8 +162,12 @@ impl StreamFence {
             true => Ok(()),
             false => Err(FenceError(format!("{what} wrote {got}, expected {want}"))),
         };
-        let wait_stream = |s: &CudaStream| s.synchronize().map_err(|e| FenceError(format!("{e:?}")));
-        for (ptr, word) in [(self.to_weft_ptr, &self.to_weft), (self.to_burn_ptr, &self.to_burn)] {
+        let wait_stream =
+            |s: &CudaStream| s.synchronize().map_err(|e| FenceError(format!("{e:?}")));
+        for (ptr, word) in [
+            (self.to_weft_ptr, &self.to_weft),
+            (self.to_burn_ptr, &self.to_burn),
+        ] {
             self.launch(&stream, &self.signal_kernel, ptr, n)?;
             wait_stream(&stream)?;
             expect("weft's signal kernel", read(word)?, n)?;

@@ -263,6 +263,73 @@ impl CudaFused {
         Ok(out)
     }
 
+    /// `x · Wᵀ (+ bias)` for a few rows of `x` [rows, K] (f32 or bf16; `bias` [N] and the
+    /// result in its type) and a dense bf16 `w` [N, K]: one pass over W at memory speed, where a
+    /// GEMM library tiles for many rows. [`FusedError::Shape`] when `gemv_fits` says no.
+    pub fn gemv(
+        &self,
+        x: &Tensor<CudaBackend, 2>,
+        w: &Tensor<CudaBackend, 2>,
+        bias: Option<&Tensor<CudaBackend, 1>>,
+    ) -> Result<Tensor<CudaBackend, 2>, FusedError> {
+        const WHAT: &str = "gemv";
+        let dtype = fused_dtype(x.dtype(), WHAT)?;
+        if w.dtype() != DType::BF16 {
+            return Err(FusedError::DType {
+                what: WHAT,
+                dtype: format!("weight {:?} (BF16 only)", w.dtype()),
+            });
+        }
+        let ([rows, k], [n, wk]) = (x.dims(), w.dims());
+        if let Some(bias) = bias {
+            same_dtype(&[x.dtype(), bias.dtype()], WHAT)?;
+            if bias.dims() != [n] {
+                return Err(FusedError::Shape {
+                    what: WHAT,
+                    shape: bias.dims().to_vec(),
+                    why: format!("is not a bias for {n} outputs"),
+                });
+            }
+        }
+        let w_op = operand(w, WHAT)?;
+        if wk != k || !fused_plan::gemv_fits(rows, k, w_op.ptr) {
+            return Err(FusedError::Shape {
+                what: WHAT,
+                shape: vec![rows, k, n, wk],
+                why: "is not a few rows against an aligned [N, K] weight with K % 8 = 0".into(),
+            });
+        }
+        let out = Tensor::<CudaBackend, 2>::empty([rows, n], (&self.device, x.dtype()));
+        let (x_op, out_op) = (operand(x, WHAT)?, operand(&out, WHAT)?);
+        let bias_op = bias.map(|b| operand(b, WHAT)).transpose()?;
+        let bias_ptr = bias_op.as_ref().map_or(0u64, |b| b.ptr);
+        let (grid, block) = fused_plan::warps(n as u64, WHAT)?;
+        let dims = [u32_of(rows, WHAT)?, u32_of(k, WHAT)?, u32_of(n, WHAT)?];
+        self.run(|s| {
+            if grid == 0 {
+                return Ok(());
+            }
+            let f = self.function(WHAT, dtype)?;
+            let mut args = s.launch_builder(f);
+            args.arg(&x_op.ptr)
+                .arg(&w_op.ptr)
+                .arg(&bias_ptr)
+                .arg(&out_op.ptr)
+                .arg(&dims[0])
+                .arg(&dims[1])
+                .arg(&dims[2]);
+            // SAFETY: (x, w, bias or null, y, u32 rows, u32 k, u32 n): x holds rows·k dense
+            // values of the kernel's type, w n·k dense bf16 (16-byte aligned, k % 8 = 0: the
+            // kernel's 16-byte loads stay inside each row), bias n values or null, y rows·n
+            // (all checked above); warp c reads row c of w, all of x and bias[c], and writes
+            // column c of y only.
+            unsafe { args.launch(config(grid, block)) }
+                .map(drop)
+                .map_err(driver_err(WHAT))
+        })?;
+        Ok(out)
+    }
+
     /// q, k, v [B, H, ΣL, D] from fused projections `segments` (token order; each [B, L_i,
     /// 3·H·D]): q and k RMS-normalized with their scales and rotated by `cos`/`sin` [ΣL, D]
     /// (f32), v split out unchanged.
@@ -301,7 +368,8 @@ impl CudaFused {
             });
         }
         let out_shape = [batch, heads, tokens, d];
-        let empty = || Tensor::<CudaBackend, 4>::empty(out_shape, (&self.device, segments[0].qkv.dtype()));
+        let empty =
+            || Tensor::<CudaBackend, 4>::empty(out_shape, (&self.device, segments[0].qkv.dtype()));
         let outs = [empty(), empty(), empty()];
         let out_ops = [
             operand(&outs[0], WHAT)?,

@@ -19,7 +19,22 @@ const CUDA_MAX_GRID_X: u64 = (1 << 31) - 1;
 pub const KERNEL_SOURCE: &str = include_str!("kernels/fused.cu");
 
 /// The kernel families of `fused.cu`.
-pub const KERNELS: [&str; 4] = ["gelu_tanh", "ln_modulate", "gate_residual", "qk_norm_rope"];
+pub const KERNELS: [&str; 5] = [
+    "gelu_tanh",
+    "ln_modulate",
+    "gate_residual",
+    "gemv",
+    "qk_norm_rope",
+];
+
+/// Most rows of x one `gemv` call takes (the kernel's accumulators).
+pub const GEMV_MAX_ROWS: usize = 4;
+
+/// Whether `gemv` takes x [rows, k] against a dense bf16 W [n, k] at address `w_ptr`: few rows,
+/// k a multiple of 8 and 16-byte aligned W rows (its 16-byte loads).
+pub fn gemv_fits(rows: usize, k: usize, w_ptr: u64) -> bool {
+    (1..=GEMV_MAX_ROWS).contains(&rows) && k > 0 && k.is_multiple_of(8) && w_ptr.is_multiple_of(16)
+}
 
 /// Errors of the fused path; the caller falls back to burn's kernels on any of them.
 #[derive(Debug, Error)]
@@ -94,21 +109,14 @@ pub fn warps(items: u64, what: &'static str) -> Result<(u32, u32), FusedError> {
     let per_block = u64::from(THREADS / 32);
     let blocks = items.div_ceil(per_block);
     if blocks > CUDA_MAX_GRID_X {
-        return Err(FusedError::TooLarge {
-            what,
-            count: items,
-        });
+        return Err(FusedError::TooLarge { what, count: items });
     }
     Ok((blocks as u32, THREADS))
 }
 
 /// A modulation tensor [B, 1, C] (or [B, C]) for activations [B, L, C]: its batch and width must
 /// match.
-pub fn check_modulation(
-    x: &[usize],
-    m: &[usize],
-    what: &'static str,
-) -> Result<(), FusedError> {
+pub fn check_modulation(x: &[usize], m: &[usize], what: &'static str) -> Result<(), FusedError> {
     let ok = x.len() == 3
         && match m {
             [b, 1, c] | [b, c] => *b == x[0] && *c == x[2],
@@ -151,7 +159,10 @@ pub fn check_qkv(
     let mut tokens = 0;
     for s in segments {
         if s[0] != first[0] || s[2] != first[2] {
-            return Err(bad(s, format!("does not match the first segment {first:?}")));
+            return Err(bad(
+                s,
+                format!("does not match the first segment {first:?}"),
+            ));
         }
         tokens += s[1];
     }
@@ -159,7 +170,10 @@ pub fn check_qkv(
         return Err(bad(&[s], format!("scale of {s} values for head dim {d}")));
     }
     if table != [tokens, d] {
-        return Err(bad(&table, format!("RoPE table for {tokens} tokens of {d}")));
+        return Err(bad(
+            &table,
+            format!("RoPE table for {tokens} tokens of {d}"),
+        ));
     }
     Ok((first[0], tokens, d))
 }
@@ -190,7 +204,7 @@ mod tests {
     #[test]
     fn every_kernel_name_is_defined_in_the_source() {
         let names: Vec<String> = all_kernels().collect();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 10);
         for name in names {
             let (family, suffix) = name.rsplit_once('_').unwrap();
             // `FUSED_ENTRIES(bf16, Bf16)` pastes `family_##SUFFIX`.
@@ -200,6 +214,17 @@ mod tests {
             );
             assert!(KERNEL_SOURCE.contains(&format!("FUSED_ENTRIES({suffix}, ")));
         }
+    }
+
+    #[test]
+    fn gemv_takes_few_rows_of_aligned_weights() {
+        assert!(KERNEL_SOURCE.contains(&format!("#define GEMV_MAX_ROWS {GEMV_MAX_ROWS}")));
+        assert!(gemv_fits(1, 3072, 0x7f00_0000_0000));
+        assert!(gemv_fits(4, 256, 16));
+        assert!(!gemv_fits(5, 3072, 16));
+        assert!(!gemv_fits(0, 3072, 16));
+        assert!(!gemv_fits(1, 3076, 16));
+        assert!(!gemv_fits(1, 3072, 8));
     }
 
     #[test]
@@ -245,8 +270,13 @@ mod tests {
 
     #[test]
     fn qkv_segments_concatenate() {
-        let (b, l, d) =
-            check_qkv(&[[1, 512, 9216], [1, 4096, 9216]], &[128; 4], [4608, 128], 24).unwrap();
+        let (b, l, d) = check_qkv(
+            &[[1, 512, 9216], [1, 4096, 9216]],
+            &[128; 4],
+            [4608, 128],
+            24,
+        )
+        .unwrap();
         assert_eq!((b, l, d), (1, 4608, 128));
         // Wrong table length, odd head dim, mismatched segments, scale width.
         assert!(check_qkv(&[[1, 512, 9216]], &[128; 2], [4608, 128], 24).is_err());

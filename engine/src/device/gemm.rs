@@ -252,8 +252,9 @@ impl CudaGemm {
     fn release(&self) -> Result<(), GemmError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let result = match state.ticket.take() {
-            Some(ticket) => fence::after(ticket, &self.stream)
-                .map_err(|e| GemmError::Burn(e.to_string())),
+            Some(ticket) => {
+                fence::after(ticket, &self.stream).map_err(|e| GemmError::Burn(e.to_string()))
+            }
             None => Ok(()),
         };
         state.pending.clear();
@@ -535,7 +536,14 @@ fn mixed(
     a: Tensor<CudaBackend, 2>,
     b_dtype: DType,
     bias: Option<Tensor<CudaBackend, 1>>,
-) -> Result<(Tensor<CudaBackend, 2>, Option<Tensor<CudaBackend, 1>>, DType), GemmError> {
+) -> Result<
+    (
+        Tensor<CudaBackend, 2>,
+        Option<Tensor<CudaBackend, 1>>,
+        DType,
+    ),
+    GemmError,
+> {
     let a_dtype = a.dtype();
     let bias = bias.map(|b| match b.dtype() == a_dtype {
         true => b,

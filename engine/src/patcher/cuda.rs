@@ -22,7 +22,6 @@ use super::device::{
 };
 use crate::device::dequant::CudaDequant;
 use crate::device::dequant_plan;
-use weft_formats::gguf::GgmlType;
 use crate::weights::{MmapCache, WeightSource};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
@@ -33,6 +32,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cudarc::driver::{CudaContext, CudaStream, sys};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use weft_formats::gguf::GgmlType;
 
 /// Bytes of stored blocks a load may hold on the device while their dequantization is queued;
 /// past this the load waits for the kernels, so its transient memory stays bounded.
@@ -308,7 +308,9 @@ impl WeightDevice<CudaBackend> for CudaWeightDevice {
         let blocks = self.upload_blocks(bytes, what)?;
         // The kernel reads the blocks once the copy queued on the load's stream has landed.
         kernels.wait_for(&self.stream).map_err(fail)?;
-        let out = kernels.enqueue(ty, &blocks, elements, dtype).map_err(fail)?;
+        let out = kernels
+            .enqueue(ty, &blocks, elements, dtype)
+            .map_err(fail)?;
         let queued = self.queued.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if queued + bytes.len() as u64 >= MAX_QUEUED_BLOCK_BYTES {
             self.wait_dequant()?;

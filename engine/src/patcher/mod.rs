@@ -30,7 +30,6 @@ pub use lora::{LoraFactors, LoraKeyMap, LoraMatch, PatchKind, WeightPatch, lora_
 pub use stats::{LocationStats, ParamStats};
 
 use crate::weights::{WeightSource, WeightsError, cache::human_bytes};
-use weft_formats::TensorInfo;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use materialize::{HostWeight, materialize};
@@ -40,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+use weft_formats::TensorInfo;
 
 /// Why a model could not be loaded or patched. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,9 @@
 //! f32 activations are rounded to bf16 for the kernel (it accumulates in f32) and the result is
 //! converted back, so outputs move by bf16 rounding (issue 6 allows bf16 tolerance on the GPU).
 //!
+//! Linear layers with a few rows (Flux's modulation: one row per batch item) and a BF16 weight
+//! of at least [`MIN_FUSED_ELEMENTS`] go to the fused kernels' GEMV, one pass over the weight.
+//!
 //! When: from [`MIN_FLASH_SCORES`] attention scores per head (sequences of about 1000 tokens) up.
 //! Below that burn's path is as fast: each kernel call waits for burn's queue and casts its inputs,
 //! and on the quickstart (272 tokens) 240 calls made its sampling 0.58 s against burn's 0.49 s,
@@ -81,8 +84,15 @@ pub fn ln_modulate<B: Backend>(
     #[cfg(feature = "cuda")]
     {
         cuda::fused_call(cuda::index_of(x), x.shape().num_elements(), |f| {
-            let (x, shift, scale) = (cuda::as_cuda(x)?, cuda::as_cuda(shift)?, cuda::as_cuda(scale)?);
-            cuda::back(cuda::taken("layer norm", f.ln_modulate(x, shift, scale, eps as f32))?)
+            let (x, shift, scale) = (
+                cuda::as_cuda(x)?,
+                cuda::as_cuda(shift)?,
+                cuda::as_cuda(scale)?,
+            );
+            cuda::back(cuda::taken(
+                "layer norm",
+                f.ln_modulate(x, shift, scale, eps as f32),
+            )?)
         })
     }
     #[cfg(not(feature = "cuda"))]
@@ -134,9 +144,8 @@ pub fn qk_norm_rope<B: Backend>(
                     let qkv = cuda::as_cuda(qkv)?.clone();
                     // The scales meet the activations in their type (bf16 rounding, as BFL's
                     // RMSNorm multiplies in the model's dtype).
-                    let scale = |s: &Tensor<B, 1>| {
-                        Some(cuda::as_cuda(s)?.clone().cast(qkv.dtype()))
-                    };
+                    let scale =
+                        |s: &Tensor<B, 1>| Some(cuda::as_cuda(s)?.clone().cast(qkv.dtype()));
                     Some(QkvSegment {
                         q_scale: scale(q)?,
                         k_scale: scale(k)?,
@@ -146,7 +155,13 @@ pub fn qk_norm_rope<B: Backend>(
                 .collect::<Option<Vec<_>>>()?;
             let [q, k, v] = cuda::taken(
                 "QK norm + RoPE",
-                f.qk_norm_rope(&segments, cuda::as_cuda(cos)?, cuda::as_cuda(sin)?, heads, eps as f32),
+                f.qk_norm_rope(
+                    &segments,
+                    cuda::as_cuda(cos)?,
+                    cuda::as_cuda(sin)?,
+                    heads,
+                    eps as f32,
+                ),
             )?;
             Some([cuda::back(q)?, cuda::back(k)?, cuda::back(v)?])
         })
@@ -209,7 +224,9 @@ mod cuda {
         (t as &dyn Any).downcast_ref::<Tensor<CudaBackend, D>>()
     }
 
-    pub(super) fn back<B: Backend, const D: usize>(t: Tensor<CudaBackend, D>) -> Option<Tensor<B, D>> {
+    pub(super) fn back<B: Backend, const D: usize>(
+        t: Tensor<CudaBackend, D>,
+    ) -> Option<Tensor<B, D>> {
         let t: Box<dyn Any> = Box::new(t);
         t.downcast::<Tensor<B, D>>().ok().map(|t| *t)
     }
@@ -300,6 +317,19 @@ mod cuda {
             None => None,
         };
         let [rows, d_in] = x.dims();
+        let d_out = weight.dims()[0];
+        if rows <= weft_engine::device::fused_plan::GEMV_MAX_ROWS
+            && weight.dtype() == DType::BF16
+            && let Some(y) = fused_call(Some(x.device().index), d_in * d_out, |f| {
+                let bias = bias.as_ref().map(|b| match b.dtype() == x.dtype() {
+                    true => b.clone(),
+                    false => b.clone().cast(x.dtype()),
+                });
+                taken("gemv", f.gemv(x, weight, bias.as_ref()))
+            })
+        {
+            return back(y);
+        }
         match setting(&CUBLASLT, "WEFT_CUBLASLT") {
             Some("0") => {
                 GEMM_OFF.store(true, Ordering::Relaxed);

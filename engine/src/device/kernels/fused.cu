@@ -11,6 +11,9 @@
 //!   affine; f32 mean, then variance of the deviations), `rows_per_batch` rows per batch item.
 //! - gate_residual: y = x + gate[b]·h, one block per row of `cols`, `rows_per_batch` rows per
 //!   batch item.
+//! - gemv: y = x·Wᵀ + bias for a few rows of x (modulation layers: one row per batch item), W
+//!   bf16 [N, K] row-major with K a multiple of 8, x/bias/y of the storage type; one warp per
+//!   output column reads its W row once in 16-byte loads and accumulates every row of x in f32.
 //! - qk_norm_rope: one fused QKV projection [B, L, 3, H, D] split into q, k, v [B, H, L_out, D]
 //!   written at token offset `l_offset`; q and k RMS-normalized (f32 statistics, rounded, times
 //!   their scale, rounded, as BFL's RMSNorm) and rotated by the RoPE tables cos/sin [L_out, D]
@@ -19,6 +22,11 @@
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
+
+// 16 bytes loaded at once (no CUDA headers: NVRTC's implicit ones differ between versions).
+struct alignas(16) U4 {
+    u32 x, y, z, w;
+};
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 
@@ -161,6 +169,39 @@ __device__ void qk_norm_rope(const typename E::T *qkv, const typename E::T *q_sc
     }
 }
 
+#define GEMV_MAX_ROWS 4
+
+template <class E>
+__device__ void gemv(const typename E::T *x, const u16 *w, const typename E::T *bias,
+                     typename E::T *y, u32 rows, u32 k, u32 n) {
+    u32 lane = threadIdx.x & 31;
+    u32 col = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (col >= n) return;  // whole warps leave together
+    const u16 *row = w + (u64)col * k;
+    float acc[GEMV_MAX_ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (u32 j = lane * 8; j < k; j += 32 * 8) {
+        U4 packed = *reinterpret_cast<const U4 *>(row + j);
+        u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+        for (u32 t = 0; t < 4; ++t) {
+            float w0 = bf16_to_f32((u16)(words[t] & 0xffffu));
+            float w1 = bf16_to_f32((u16)(words[t] >> 16));
+            for (u32 r = 0; r < GEMV_MAX_ROWS; ++r) {
+                if (r < rows) {
+                    u64 base = (u64)r * k + j + 2 * t;
+                    acc[r] += w0 * E::load(x, base) + w1 * E::load(x, base + 1);
+                }
+            }
+        }
+    }
+    for (u32 r = 0; r < GEMV_MAX_ROWS; ++r) {
+        float v = acc[r];
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && r < rows) {
+            E::store(y, (u64)r * n + col, v + (bias ? E::load(bias, col) : 0.0f));
+        }
+    }
+}
+
 #define FUSED_ENTRIES(SUFFIX, E)                                                                  \
     extern "C" __global__ void gelu_tanh_##SUFFIX(const E::T *x, E::T *y, u64 n) {                \
         gelu_tanh<E>(x, y, n);                                                                    \
@@ -174,6 +215,10 @@ __device__ void qk_norm_rope(const typename E::T *qkv, const typename E::T *q_sc
                                                      const E::T *h, E::T *y, u32 cols,            \
                                                      u32 rows_per_batch) {                        \
         gate_residual<E>(x, gate, h, y, cols, rows_per_batch);                                    \
+    }                                                                                             \
+    extern "C" __global__ void gemv_##SUFFIX(const E::T *x, const u16 *w, const E::T *bias,         \
+                                            E::T *y, u32 rows, u32 k, u32 n) {                    \
+        gemv<E>(x, w, bias, y, rows, k, n);                                                       \
     }                                                                                             \
     extern "C" __global__ void qk_norm_rope_##SUFFIX(                                             \
         const E::T *qkv, const E::T *q_scale, const E::T *k_scale, const float *cos_t,            \

@@ -4,12 +4,12 @@
 use super::FluxConfig;
 use super::rope::Rope;
 use crate::models::ModelError;
-use crate::models::{fast, op};
 use crate::models::layers::{Linear, attention, gelu_tanh, layer_norm, rms_norm, to_dtype};
 use crate::models::source::Weights;
-use burn::tensor::{DType, Tensor};
+use crate::models::{fast, op};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 /// Flux's LayerNorms (no affine) and RMSNorms both use this epsilon.
 const EPS: f64 = 1e-6;
@@ -144,7 +144,9 @@ fn heads_qkv<B: Backend>(
     heads: usize,
     pe: &Rope<B>,
 ) -> [Tensor<B, 4>; 3] {
-    op("qk norm + rope", pe.cos(), || heads_qkv_unprofiled(parts, heads, pe))
+    op("qk norm + rope", pe.cos(), || {
+        heads_qkv_unprofiled(parts, heads, pe)
+    })
 }
 
 fn heads_qkv_unprofiled<B: Backend>(
@@ -312,7 +314,9 @@ impl<B: Backend> SingleBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
         let m = mods(&modulation(&self.modulation, vec, 3, x.dtype()));
         let modulated = m.modulate_norm(&x);
-        let hidden = op("linear mlp in", &x, || self.mlp_in.forward(modulated.clone()));
+        let hidden = op("linear mlp in", &x, || {
+            self.mlp_in.forward(modulated.clone())
+        });
         let mlp = op("gelu", &x, || gelu_tanh(hidden));
         let qkv = op("linear qkv", &x, || self.qkv.forward(modulated));
         let [q, k, v] = heads_qkv(vec![(qkv, &self.norm)], self.heads, pe);
