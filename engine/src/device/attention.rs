@@ -27,7 +27,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg, sys as drv,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use thiserror::Error;
@@ -58,31 +58,12 @@ fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> AttentionEr
 
 /// PTX per NVRTC architecture, compiled once per process.
 fn compiled_ptx(arch: &str) -> Result<Ptx, AttentionError> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Ptx>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(ptx) = cache.get(arch) {
-        return Ok(ptx.clone());
-    }
-    let options = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some("flash_attn.cu".into()),
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(FLASH_ATTN_CU, options).map_err(|e| {
-        let message = match &e {
-            cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-                log.to_string_lossy().into_owned()
-            }
-            other => format!("{other:?}"),
-        };
-        AttentionError::Compile {
+    super::nvrtc::compile("flash_attn.cu", FLASH_ATTN_CU, arch, &["--std=c++17"]).map_err(
+        |message| AttentionError::Compile {
             arch: arch.to_string(),
             message,
-        }
-    })?;
-    cache.insert(arch.to_string(), ptx.clone());
-    Ok(ptx)
+        },
+    )
 }
 
 /// The flash kernel on one device. Cheap to share (`&self` everywhere).

@@ -21,7 +21,7 @@ use burn::tensor::{DType, Int, Tensor};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg, sys};
-use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -45,43 +45,15 @@ fn burn_err<E: std::fmt::Debug>(what: impl Into<String>) -> impl FnOnce(E) -> Gp
 
 /// The PTX of `kernels/dequant.cu` per GPU architecture, compiled once per process.
 fn ptx_for(arch: &str) -> Result<Ptx, GpuDequantError> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Ptx>>> = OnceLock::new();
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(ptx) = cache.get(arch) {
-        return Ok(ptx.clone());
-    }
-    let opts = CompileOptions {
-        options: dequant_plan::nvrtc_options(arch),
-        name: Some("dequant.cu".into()),
-        ..Default::default()
-    };
-    // cudarc loads libnvrtc on first use and panics when it is missing: that is an error here
-    // (the caller falls back to the CPU), not a crash.
-    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compile_ptx_with_opts(dequant_plan::KERNEL_SOURCE, opts)
-    }))
-    .map_err(|_| GpuDequantError::Compile {
-        arch: arch.to_string(),
-        message: "the NVRTC library (libnvrtc) could not be loaded".into(),
-    })?;
-    let ptx = compiled.map_err(|e| {
-        let message = match &e {
-            cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
-                format!("{nvrtc:?}: {}", log.to_string_lossy().trim())
-            }
-            other => format!("{other:?}"),
-        };
-        GpuDequantError::Compile {
+    let options = dequant_plan::nvrtc_options(arch);
+    // The first option is the architecture, which `nvrtc::compile` adds itself.
+    let rest: Vec<&str> = options.iter().skip(1).map(String::as_str).collect();
+    super::nvrtc::compile("dequant.cu", dequant_plan::KERNEL_SOURCE, arch, &rest).map_err(
+        |message| GpuDequantError::Compile {
             arch: arch.to_string(),
             message,
-        }
-    })?;
-    tracing::debug!("compiled the dequantization kernels for {arch}");
-    cache.insert(arch.to_string(), ptx.clone());
-    Ok(ptx)
+        },
+    )
 }
 
 /// A launch whose checks passed: the input held, the output allocated.

@@ -20,7 +20,6 @@ use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -95,18 +94,9 @@ impl StreamFence {
         let (major, minor) = context
             .compute_capability()
             .map_err(|e| FenceError(format!("{e:?}")))?;
-        let opts = CompileOptions {
-            options: vec![format!(
-                "--gpu-architecture={}",
-                super::dequant_plan::gpu_arch(major, minor)
-            )],
-            name: Some("fence.cu".into()),
-            ..Default::default()
-        };
-        // A missing libnvrtc makes cudarc panic: an error here (host waits instead).
-        let ptx = std::panic::catch_unwind(|| compile_ptx_with_opts(FENCE_CU, opts))
-            .map_err(|_| FenceError("the NVRTC library could not be loaded".into()))?
-            .map_err(|e| FenceError(format!("NVRTC: {e:?}")))?;
+        let arch = super::dequant_plan::gpu_arch(major, minor);
+        let ptx = super::nvrtc::compile("fence.cu", FENCE_CU, &arch, &[])
+            .map_err(|e| FenceError(format!("NVRTC: {e}")))?;
         let module = context
             .load_module(ptx)
             .map_err(|e| FenceError(format!("loading the kernels: {e:?}")))?;
@@ -172,31 +162,13 @@ impl StreamFence {
             wait_stream(&stream)?;
             expect("weft's signal kernel", read(word)?, n)?;
         }
-        // SAFETY: as in `acquire`: one thread storing into element 0 of a live one-word buffer.
-        unsafe {
-            fence_signal::launch_unchecked::<CudaRuntime>(
-                &self.to_weft.client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                self.to_weft.clone().into_array_arg(),
-                n + 1,
-            );
-        }
+        self.burn_signal(n + 1);
         sync()?;
         expect("burn's signal kernel", read(&self.to_weft)?, n + 1)?;
         // The words hold n + 1 and n, checked at the addresses the waits read.
         self.launch(&stream, &self.wait_kernel, self.to_weft_ptr, n + 1)?;
         wait_stream(&stream)?;
-        // SAFETY: as in `release`: one thread reading element 0 of a live one-word buffer.
-        unsafe {
-            fence_wait::launch_unchecked::<CudaRuntime>(
-                &self.to_burn.client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                self.to_burn.clone().into_array_arg(),
-                n,
-            );
-        }
+        self.burn_wait(n);
         sync()?;
         tracing::info!("stream fences on cuda:{}: self-test passed", device.index);
         Ok(())
@@ -221,26 +193,46 @@ impl StreamFence {
     /// Returns the sequence number to pass to [`release`](Self::release).
     pub fn acquire(&self, stream: &CudaStream) -> Result<u32, FenceError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let client = &self.to_weft.client;
-        // SAFETY: a one-block, one-thread kernel that stores `n` into element 0 of the flag
-        // tensor, a live U32 buffer of one element owned by this fence.
+        self.burn_signal(n);
+        // cubecl hands launches to its device thread: the signal must reach the GPU before the
+        // wait (two streams may share one hardware queue, where a wait ahead of its signal would
+        // never end).
+        self.to_weft
+            .client
+            .flush()
+            .map_err(|e| FenceError(format!("flushing burn's queue: {e:?}")))?;
+        self.launch(stream, &self.wait_kernel, self.to_weft_ptr, n)?;
+        Ok(n)
+    }
+
+    /// Queues burn's signal: `n` stored into the word weft's waits read, after burn's work so far.
+    fn burn_signal(&self, n: u32) {
+        // SAFETY: a one-block, one-thread kernel that stores `n` into element 0 of `to_weft`, a
+        // live U32 buffer of one element owned by this fence.
         unsafe {
             fence_signal::launch_unchecked::<CudaRuntime>(
-                client,
+                &self.to_weft.client,
                 CubeCount::Static(1, 1, 1),
                 CubeDim::new_1d(1),
                 self.to_weft.clone().into_array_arg(),
                 n,
             );
         }
-        // cubecl hands launches to its device thread: the signal must reach the GPU before the
-        // wait (two streams may share one hardware queue, where a wait ahead of its signal would
-        // never end).
-        client
-            .flush()
-            .map_err(|e| FenceError(format!("flushing burn's queue: {e:?}")))?;
-        self.launch(stream, &self.wait_kernel, self.to_weft_ptr, n)?;
-        Ok(n)
+    }
+
+    /// Queues burn's wait: burn's later work starts once the word weft's signals write holds n.
+    fn burn_wait(&self, n: u32) {
+        // SAFETY: a one-block, one-thread kernel that reads element 0 of `to_burn` (a live U32
+        // buffer of one element) until it is at least `n`.
+        unsafe {
+            fence_wait::launch_unchecked::<CudaRuntime>(
+                &self.to_burn.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                self.to_burn.clone().into_array_arg(),
+                n,
+            );
+        }
     }
 
     /// Queues `kernel(flag, n)` (one thread) on `stream`.
@@ -271,19 +263,7 @@ impl StreamFence {
     /// Makes burn's stream wait, on the device, for everything queued on `stream` so far.
     pub fn release(&self, stream: &CudaStream, n: u32) -> Result<(), FenceError> {
         self.launch(stream, &self.signal_kernel, self.to_burn_ptr, n)?;
-        let client = &self.to_burn.client;
-        // SAFETY: a one-block, one-thread kernel that reads element 0 of the flag tensor (a live
-        // U32 buffer of one element) until it is at least `n`; weft's stream writes `n` there
-        // after the work queued above.
-        unsafe {
-            fence_wait::launch_unchecked::<CudaRuntime>(
-                client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                self.to_burn.clone().into_array_arg(),
-                n,
-            );
-        }
+        self.burn_wait(n);
         Ok(())
     }
 }

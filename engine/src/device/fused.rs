@@ -14,7 +14,7 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -36,38 +36,16 @@ fn burn_err<E: std::fmt::Debug>(what: impl Into<String>) -> impl FnOnce(E) -> Fu
 
 /// The PTX of `kernels/fused.cu` per architecture, compiled once per process.
 fn ptx_for(arch: &str) -> Result<Ptx, FusedError> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Ptx>>> = OnceLock::new();
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(ptx) = cache.get(arch) {
-        return Ok(ptx.clone());
-    }
-    let opts = CompileOptions {
-        options: fused_plan::nvrtc_options(arch),
-        name: Some("fused.cu".into()),
-        ..Default::default()
-    };
-    // A missing libnvrtc makes cudarc panic: an error here, so the caller keeps burn's path.
-    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compile_ptx_with_opts(fused_plan::KERNEL_SOURCE, opts)
-    }))
-    .map_err(|_| FusedError::Compile {
+    super::nvrtc::compile(
+        "fused.cu",
+        fused_plan::KERNEL_SOURCE,
+        arch,
+        &["--std=c++14"],
+    )
+    .map_err(|message| FusedError::Compile {
         arch: arch.to_string(),
-        message: "the NVRTC library (libnvrtc) could not be loaded".into(),
-    })?;
-    let ptx = compiled.map_err(|e| FusedError::Compile {
-        arch: arch.to_string(),
-        message: match &e {
-            cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
-                format!("{nvrtc:?}: {}", log.to_string_lossy().trim())
-            }
-            other => format!("{other:?}"),
-        },
-    })?;
-    cache.insert(arch.to_string(), ptx.clone());
-    Ok(ptx)
+        message,
+    })
 }
 
 /// One segment of a `qk_norm_rope` call: a fused projection [B, L, 3·H·D] and the RMS-norm
@@ -176,42 +154,7 @@ impl CudaFused {
         scale: &Tensor<CudaBackend, 3>,
         eps: f32,
     ) -> Result<Tensor<CudaBackend, 3>, FusedError> {
-        const WHAT: &str = "ln_modulate";
-        let dtype = same_dtype(&[x.dtype(), shift.dtype(), scale.dtype()], WHAT)?;
-        let [b, l, c] = x.dims();
-        fused_plan::check_modulation(&[b, l, c], &shift.dims(), WHAT)?;
-        fused_plan::check_modulation(&[b, l, c], &scale.dims(), WHAT)?;
-        let (grid, block) = fused_plan::rows((b * l) as u64, c as u64, WHAT)?;
-        let (cols, rows_per_batch) = (u32_of(c, WHAT)?, u32_of(l, WHAT)?);
-        let out = Tensor::<CudaBackend, 3>::empty([b, l, c], (&self.device, x.dtype()));
-        let ops = [
-            operand(x, WHAT)?,
-            operand(shift, WHAT)?,
-            operand(scale, WHAT)?,
-            operand(&out, WHAT)?,
-        ];
-        self.run(|s| {
-            if grid == 0 {
-                return Ok(());
-            }
-            let f = self.function(WHAT, dtype)?;
-            let mut args = s.launch_builder(f);
-            args.arg(&ops[0].ptr)
-                .arg(&ops[1].ptr)
-                .arg(&ops[2].ptr)
-                .arg(&ops[3].ptr)
-                .arg(&cols)
-                .arg(&rows_per_batch)
-                .arg(&eps);
-            // SAFETY: (x, shift, scale, y, u32 cols, u32 rows_per_batch, f32 eps): x and y hold
-            // B·L rows of `cols` contiguous elements, shift and scale B rows of `cols` (shapes
-            // checked above, contiguity and dtype by `operand`/`same_dtype`); block r reads row r
-            // of x and row r / L of shift and scale, and writes row r of y only.
-            unsafe { args.launch(config(grid, block)) }
-                .map(drop)
-                .map_err(driver_err(WHAT))
-        })?;
-        Ok(out)
+        self.rows_kernel("ln_modulate", x, shift, scale, false, Some(eps))
     }
 
     /// `x + gate·h` for `x`, `h` [B, L, C] and `gate` [B, 1, C].
@@ -221,31 +164,47 @@ impl CudaFused {
         gate: &Tensor<CudaBackend, 3>,
         h: &Tensor<CudaBackend, 3>,
     ) -> Result<Tensor<CudaBackend, 3>, FusedError> {
-        const WHAT: &str = "gate_residual";
-        let dtype = same_dtype(&[x.dtype(), gate.dtype(), h.dtype()], WHAT)?;
-        let [b, l, c] = x.dims();
-        fused_plan::check_modulation(&[b, l, c], &gate.dims(), WHAT)?;
-        if h.dims() != [b, l, c] {
+        self.rows_kernel("gate_residual", x, gate, h, true, None)
+    }
+
+    /// A one-block-per-row kernel `family(x, a, b, y, u32 cols, u32 rows_per_batch[, f32 eps])`
+    /// over `x` [B, L, C]: `a` is [B, 1, C], `b` too or, when `b_per_row`, [B, L, C].
+    fn rows_kernel(
+        &self,
+        family: &'static str,
+        x: &Tensor<CudaBackend, 3>,
+        a: &Tensor<CudaBackend, 3>,
+        b: &Tensor<CudaBackend, 3>,
+        b_per_row: bool,
+        eps: Option<f32>,
+    ) -> Result<Tensor<CudaBackend, 3>, FusedError> {
+        let dtype = same_dtype(&[x.dtype(), a.dtype(), b.dtype()], family)?;
+        let [batch, l, c] = x.dims();
+        fused_plan::check_modulation(&[batch, l, c], &a.dims(), family)?;
+        if b_per_row && b.dims() != [batch, l, c] {
             return Err(FusedError::Shape {
-                what: WHAT,
-                shape: h.dims().to_vec(),
-                why: format!("differs from the residual {:?}", [b, l, c]),
+                what: family,
+                shape: b.dims().to_vec(),
+                why: format!("differs from {:?}", [batch, l, c]),
             });
         }
-        let (grid, block) = fused_plan::rows((b * l) as u64, c as u64, WHAT)?;
-        let (cols, rows_per_batch) = (u32_of(c, WHAT)?, u32_of(l, WHAT)?);
-        let out = Tensor::<CudaBackend, 3>::empty([b, l, c], (&self.device, x.dtype()));
+        if !b_per_row {
+            fused_plan::check_modulation(&[batch, l, c], &b.dims(), family)?;
+        }
+        let (grid, block) = fused_plan::rows((batch * l) as u64, c as u64, family)?;
+        let (cols, rows_per_batch) = (u32_of(c, family)?, u32_of(l, family)?);
+        let out = Tensor::<CudaBackend, 3>::empty([batch, l, c], (&self.device, x.dtype()));
         let ops = [
-            operand(x, WHAT)?,
-            operand(gate, WHAT)?,
-            operand(h, WHAT)?,
-            operand(&out, WHAT)?,
+            operand(x, family)?,
+            operand(a, family)?,
+            operand(b, family)?,
+            operand(&out, family)?,
         ];
         self.run(|s| {
             if grid == 0 {
                 return Ok(());
             }
-            let f = self.function(WHAT, dtype)?;
+            let f = self.function(family, dtype)?;
             let mut args = s.launch_builder(f);
             args.arg(&ops[0].ptr)
                 .arg(&ops[1].ptr)
@@ -253,12 +212,17 @@ impl CudaFused {
                 .arg(&ops[3].ptr)
                 .arg(&cols)
                 .arg(&rows_per_batch);
-            // SAFETY: (x, gate, h, y, u32 cols, u32 rows_per_batch): x, h and y hold B·L rows of
-            // `cols` contiguous elements, gate B rows (checked above); block r reads row r of x
-            // and h and row r / L of gate, and writes row r of y only.
+            if let Some(eps) = &eps {
+                args.arg(eps);
+            }
+            // SAFETY: (x, a, b, y, u32 cols, u32 rows_per_batch[, f32 eps]), the signature of
+            // both families (eps for ln_modulate only): x and y hold B·L dense rows of `cols`
+            // values of the kernel's type, a B rows, b B rows or B·L (shapes checked above,
+            // density and dtype by `operand` and `same_dtype`); block r reads row r of x (and of
+            // b when per row), row r / L of a (and of b otherwise), and writes row r of y only.
             unsafe { args.launch(config(grid, block)) }
                 .map(drop)
-                .map_err(driver_err(WHAT))
+                .map_err(driver_err(family))
         })?;
         Ok(out)
     }

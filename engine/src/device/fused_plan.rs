@@ -191,12 +191,6 @@ pub fn dense(shape: &[usize], strides: &[usize]) -> bool {
     shape.len() == strides.len()
 }
 
-/// NVRTC options (FMA contraction allowed: these kernels follow burn's f32 math, not bit for
-/// bit).
-pub fn nvrtc_options(arch: &str) -> Vec<String> {
-    vec![format!("--gpu-architecture={arch}"), "--std=c++14".into()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,8 @@ pub mod fence;
 pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod gemm;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 
 pub mod bench;
 pub mod bench_attention;
