@@ -174,18 +174,24 @@ impl StreamFence {
         Ok(())
     }
 
-    /// The fence of device `device`, made on first use.
+    /// The calling thread's fence on `device`, made on first use.
+    ///
+    /// One fence per device *and thread*: cubecl gives each thread its own stream, so a signal
+    /// must come from the stream of the thread whose work it orders, and its words must not be
+    /// advanced by another thread's sequence.
     pub fn shared(device: &CudaDevice) -> Result<Arc<Self>, FenceError> {
-        static SHARED: OnceLock<Mutex<HashMap<usize, Arc<StreamFence>>>> = OnceLock::new();
+        type Key = (usize, std::thread::ThreadId);
+        static SHARED: OnceLock<Mutex<HashMap<Key, Arc<StreamFence>>>> = OnceLock::new();
+        let key = (device.index, std::thread::current().id());
         let mut shared = SHARED
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = shared.get(&device.index) {
+        if let Some(f) = shared.get(&key) {
             return Ok(f.clone());
         }
         let f = Arc::new(StreamFence::new(device)?);
-        shared.insert(device.index, f.clone());
+        shared.insert(key, f.clone());
         Ok(f)
     }
 

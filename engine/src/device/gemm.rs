@@ -102,6 +102,14 @@ impl Drop for Plan {
     }
 }
 
+/// A product queued on our stream: its output, its ordering against burn (to be released) and
+/// its inputs (to be held until then).
+struct Launched {
+    out: Tensor<CudaBackend, 2>,
+    ticket: fence::Ticket,
+    inputs: Vec<CubeTensor<CudaRuntime>>,
+}
+
 struct State {
     plans: HashMap<PlanKey, Plan>,
     /// Inputs of queued products, kept alive until their ordering is released.
@@ -202,9 +210,13 @@ impl CudaGemm {
         }
         let (a, bias, out_dtype) = mixed(a, b.dtype(), bias)?;
         match self.launch(&a, &b, bias.as_ref(), out_dtype)? {
-            Ok(out) => {
-                self.release()?;
-                Ok(out)
+            Ok(launched) => {
+                // Burn's later work (and any reuse of the inputs' memory) follows the product;
+                // without a fence this waits on the host, and the inputs are held until then.
+                fence::after(launched.ticket, &self.stream)
+                    .map_err(|e| GemmError::Burn(e.to_string()))?;
+                drop(launched.inputs);
+                Ok(launched.out)
             }
             Err(reason) => {
                 tracing::debug!("cuBLASLt path not taken ({reason}); using burn's matmul");
@@ -227,7 +239,17 @@ impl CudaGemm {
         bias: Option<&Tensor<CudaBackend, 1>>,
     ) -> Result<Result<Tensor<CudaBackend, 2>, LayoutError>, GemmError> {
         let (a, bias, out_dtype) = mixed(a.clone(), b.dtype(), bias.cloned())?;
-        self.launch(&a, b, bias.as_ref(), out_dtype)
+        Ok(match self.launch(&a, b, bias.as_ref(), out_dtype)? {
+            Ok(launched) => {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                // An earlier enqueued product's ticket is superseded: releasing this one orders
+                // burn after both (same stream).
+                state.ticket = Some(launched.ticket);
+                state.pending.extend(launched.inputs);
+                Ok(launched.out)
+            }
+            Err(reason) => Err(reason),
+        })
     }
 
     /// Waits on the host for every queued product and releases the inputs held for them.
@@ -247,27 +269,13 @@ impl CudaGemm {
         released.and(result)
     }
 
-    /// Orders burn's later work after every queued product ([`fence::after`]: on the device, or
-    /// a host wait without a fence) and lets the inputs go.
-    fn release(&self) -> Result<(), GemmError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = match state.ticket.take() {
-            Some(ticket) => {
-                fence::after(ticket, &self.stream).map_err(|e| GemmError::Burn(e.to_string()))
-            }
-            None => Ok(()),
-        };
-        state.pending.clear();
-        result
-    }
-
     fn launch(
         &self,
         a: &Tensor<CudaBackend, 2>,
         b: &Tensor<CudaBackend, 2>,
         bias: Option<&Tensor<CudaBackend, 1>>,
         out_dtype: DType,
-    ) -> Result<Result<Tensor<CudaBackend, 2>, LayoutError>, GemmError> {
+    ) -> Result<Result<Launched, LayoutError>, GemmError> {
         let (ta, tb) = (primitive(a), primitive(b));
         if ta.dtype != tb.dtype {
             return Err(GemmError::DTypeMismatch {
@@ -350,9 +358,6 @@ impl CudaGemm {
         // the host without a fence).
         let ticket = fence::before(&self.device, &self.stream)
             .map_err(|e| GemmError::Burn(e.to_string()))?;
-        // An earlier enqueued product's ticket is superseded: releasing this one orders burn
-        // after both (same stream).
-        state.ticket = Some(ticket);
         let plan = match state.plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(self.plan(&key, dtype, out_lt)?),
@@ -372,9 +377,10 @@ impl CudaGemm {
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the descriptors describe exactly these buffers (shapes and leading dimensions
         // checked by `layout::plan` against the tensors' own shapes and strides; the output was
-        // allocated for [M, N] with row stride ldc); burn's work on them is finished (sync
-        // above); the inputs stay alive in `pending` and the output in the caller's tensor until
-        // `wait`, which the caller must reach before reading the output. The workspace is ours.
+        // allocated for [M, N] with row stride ldc); burn's work on them is ordered before this
+        // product (`fence::before` above); the inputs are returned to the caller, who holds them
+        // until burn's later work is ordered after the product (`fence::after`), and the output
+        // lives in the caller's tensor. The workspace is ours.
         unsafe {
             lt::matmul(
                 self.handle,
@@ -396,10 +402,13 @@ impl CudaGemm {
             )
         }
         .map_err(cublas_err("matmul"))?;
-        state.pending.push(ta);
-        state.pending.push(tb);
-        state.pending.extend(bias);
-        Ok(Ok(out))
+        let mut inputs = vec![ta, tb];
+        inputs.extend(bias);
+        Ok(Ok(Launched {
+            out,
+            ticket,
+            inputs,
+        }))
     }
 
     /// Descriptors and the heuristic's algorithm for one problem.
