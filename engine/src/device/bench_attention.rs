@@ -4,6 +4,7 @@
 //! non-zero when weft's error is beyond bf16/f16 tolerance. Its peer for docs/BENCHMARKS.md is
 //! tools/bench_attention_torch.py (torch SDPA, same shapes).
 use super::attention_plan::attention_flops;
+use super::bench::cuda_index;
 use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
@@ -94,11 +95,6 @@ impl AttentionRow {
         // NaN compares false, so a NaN error fails too.
         self.weft_nan_count == 0 && self.max_abs_ref.is_finite() && self.weft_rel_err() <= TOLERANCE
     }
-}
-
-/// Parses `cuda:N`.
-fn cuda_index(device: &str) -> Option<usize> {
-    device.strip_prefix("cuda:").and_then(|i| i.parse().ok())
 }
 
 /// The shapes to run: one from --b/--h/--s/--d (defaults for those not given), or the defaults.

@@ -3,6 +3,7 @@
 //! random blocks (with finite f16 scales), the CPU's f32 values rounded with the `half` crate,
 //! the GPU's output read back, mismatching bit patterns counted (the command fails unless there
 //! are none), and the kernel timed with CUDA events (GB/s written and read).
+use super::bench::cuda_index;
 use super::dequant_plan::{self, OutDType};
 use crate::formats::gguf::GgmlType;
 use anyhow::bail;
@@ -57,11 +58,6 @@ impl DequantGpuRow {
     pub fn in_gb_s(&self) -> f64 {
         self.in_bytes as f64 / (self.ms * 1e-3) / 1e9
     }
-}
-
-/// Parses `cuda:N`.
-fn cuda_index(device: &str) -> Option<usize> {
-    device.strip_prefix("cuda:").and_then(|i| i.parse().ok())
 }
 
 /// The types to run: those named (each must have a GPU kernel), or every supported type.

@@ -51,11 +51,7 @@ impl FusedRow {
 }
 
 pub fn run_fused(args: FusedArgs) -> anyhow::Result<()> {
-    let Some(index) = args
-        .device
-        .strip_prefix("cuda:")
-        .and_then(|i| i.parse::<usize>().ok())
-    else {
+    let Some(index) = super::bench::cuda_index(&args.device) else {
         bail!("--device {}: expected cuda:N", args.device)
     };
     if args.heads == 0 || !args.hidden.is_multiple_of(args.heads) {

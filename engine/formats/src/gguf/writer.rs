@@ -104,18 +104,21 @@ impl GgufWriter {
         self.add_raw_tensor(name, ty, shape, data)
     }
 
-    /// Writes the file.
-    pub fn write_to(&self, w: impl Write) -> io::Result<()> {
-        let plans: Vec<TensorPlan> = self
-            .tensors
+    /// The tensors' names, types and shapes, as a [`GgufStreamWriter`] is told them up front.
+    fn plans(&self) -> Vec<TensorPlan> {
+        self.tensors
             .iter()
             .map(|t| TensorPlan {
                 name: t.name.clone(),
                 ty: t.ty,
                 shape: t.shape.clone(),
             })
-            .collect();
-        let mut stream = GgufStreamWriter::begin(w, self.alignment, &self.metadata, plans)
+            .collect()
+    }
+
+    /// Writes the file.
+    pub fn write_to(&self, w: impl Write) -> io::Result<()> {
+        let mut stream = GgufStreamWriter::begin(w, self.alignment, &self.metadata, self.plans())
             .map_err(StreamWriteError::into_io)?;
         for t in &self.tensors {
             stream
@@ -396,16 +399,8 @@ mod tests {
         let mut expected = Vec::new();
         whole.write_to(&mut expected).unwrap();
 
-        let plans = whole
-            .tensors
-            .iter()
-            .map(|t| TensorPlan {
-                name: t.name.clone(),
-                ty: t.ty,
-                shape: t.shape.clone(),
-            })
-            .collect();
-        let mut stream = GgufStreamWriter::begin(Vec::new(), 64, &whole.metadata, plans).unwrap();
+        let mut stream =
+            GgufStreamWriter::begin(Vec::new(), 64, &whole.metadata, whole.plans()).unwrap();
         let total = stream.total_bytes();
         for t in &whole.tensors {
             assert_eq!(

@@ -78,15 +78,16 @@ fn modulate_norm<B: Backend>(
 }
 
 /// `lin(silu(vec))` split into `chunks` [B, 1, hidden] pieces (BFL `Modulation`), in the
-/// activations' type `dtype` (`vec` stays f32).
+/// activations' type `dtype`. Takes `vec_silu` = silu(vec) (f32), computed once per forward
+/// for every block.
 fn modulation<B: Backend>(
     lin: &Linear<B>,
-    vec: &Tensor<B, 2>,
+    vec_silu: &Tensor<B, 2>,
     chunks: usize,
     dtype: DType,
 ) -> Vec<Tensor<B, 3>> {
-    op("modulation", vec, || {
-        to_dtype(lin.forward(silu(vec.clone())), dtype)
+    op("modulation", vec_silu, || {
+        to_dtype(lin.forward(vec_silu.clone()), dtype)
             .unsqueeze_dim::<3>(1)
             .chunk(chunks, 2)
     })
@@ -214,8 +215,12 @@ impl<B: Backend> Stream<B> {
     }
 
     /// Modulation and the fused q, k, v projection [B, L, 3·H·D] of this stream's tokens.
-    fn pre_attention(&self, x: &Tensor<B, 3>, vec: &Tensor<B, 2>) -> ([Mod<B>; 2], Tensor<B, 3>) {
-        let parts = modulation(&self.modulation, vec, 6, x.dtype());
+    fn pre_attention(
+        &self,
+        x: &Tensor<B, 3>,
+        vec_silu: &Tensor<B, 2>,
+    ) -> ([Mod<B>; 2], Tensor<B, 3>) {
+        let parts = modulation(&self.modulation, vec_silu, 6, x.dtype());
         let (m1, m2) = (mods(&parts[0..3]), mods(&parts[3..6]));
         let modulated = m1.modulate_norm(x);
         let qkv = op("linear qkv", x, || self.qkv.forward(modulated));
@@ -255,16 +260,17 @@ impl<B: Backend> DoubleBlock<B> {
         })
     }
 
-    /// `(img, txt)` after the block. `pe` covers the text tokens, then the image tokens.
+    /// `(img, txt)` after the block. `vec_silu` is silu(vec); `pe` covers the text tokens, then
+    /// the image tokens.
     pub fn forward(
         &self,
         img: Tensor<B, 3>,
         txt: Tensor<B, 3>,
-        vec: &Tensor<B, 2>,
+        vec_silu: &Tensor<B, 2>,
         pe: &Rope<B>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let (img_mods, img_qkv) = self.img.pre_attention(&img, vec);
-        let (txt_mods, txt_qkv) = self.txt.pre_attention(&txt, vec);
+        let (img_mods, img_qkv) = self.img.pre_attention(&img, vec_silu);
+        let (txt_mods, txt_qkv) = self.txt.pre_attention(&txt, vec_silu);
         let [q, k, v] = heads_qkv(
             vec![(txt_qkv, &self.txt.norm), (img_qkv, &self.img.norm)],
             self.heads,
@@ -311,8 +317,9 @@ impl<B: Backend> SingleBlock<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
-        let m = mods(&modulation(&self.modulation, vec, 3, x.dtype()));
+    /// The block on `x` (text then image tokens); `vec_silu` is silu(vec).
+    pub fn forward(&self, x: Tensor<B, 3>, vec_silu: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
+        let m = mods(&modulation(&self.modulation, vec_silu, 3, x.dtype()));
         let modulated = m.modulate_norm(&x);
         let hidden = op("linear mlp in", &x, || {
             self.mlp_in.forward(modulated.clone())
@@ -342,8 +349,9 @@ impl<B: Backend> LastLayer<B> {
         })
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>, vec: &Tensor<B, 2>) -> Tensor<B, 3> {
-        let parts = modulation(&self.ada_ln, vec, 2, x.dtype());
+    /// The projection of the image tokens `x`; `vec_silu` is silu(vec).
+    pub fn forward(&self, x: Tensor<B, 3>, vec_silu: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let parts = modulation(&self.ada_ln, vec_silu, 2, x.dtype());
         self.linear.forward(modulate_norm(&x, &parts[0], &parts[1]))
     }
 }

@@ -15,6 +15,7 @@ pub use rope::Rope;
 use super::layers::{Linear, timestep_embedding, to_dtype};
 use super::source::{TensorSource, Weights};
 use super::{LatentFormat, ModelError};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use std::sync::{Arc, Mutex};
@@ -313,6 +314,8 @@ impl<B: Backend> Flux<B> {
         }
         vec = vec + self.vector_in.forward(cond.y.clone());
 
+        // Every modulation (BFL's `lin(silu(vec))`) starts from the same silu(vec).
+        let vec_silu = silu(vec);
         let out_dtype = img.dtype();
         let act = self.activation_dtype();
         let mut img = to_dtype(self.img_in.forward(img), act);
@@ -321,14 +324,17 @@ impl<B: Backend> Flux<B> {
         let pe = self.rope(ids, &device);
 
         for block in &self.double_blocks {
-            (img, txt) = block.forward(img, txt, &vec, &pe);
+            (img, txt) = block.forward(img, txt, &vec_silu, &pe);
         }
         let mut x = Tensor::cat(vec![txt, img], 1);
         for block in &self.single_blocks {
-            x = block.forward(x, &vec, &pe);
+            x = block.forward(x, &vec_silu, &pe);
         }
         let img = x.narrow(1, l_txt, l_img);
-        Ok(to_dtype(self.final_layer.forward(img, &vec), out_dtype))
+        Ok(to_dtype(
+            self.final_layer.forward(img, &vec_silu),
+            out_dtype,
+        ))
     }
 
     /// The RoPE tables of `ids`, from the cache when the last forward had the same ids.
