@@ -1,5 +1,11 @@
 //! `CudaAttention`: flash attention (`softmax(q·kᵀ·scale)·v`, no mask) on burn-cuda tensors
-//! through weft's own kernel, `kernels/flash_attn.cu`.
+//! through weft's own kernels: `kernels/flash_attn.cu` (mma.sync, any sm_80+ GPU) and, on
+//! Hopper, `kernels/flash_attn_sm90.cu` (wgmma), both with `kernels/flash_common.cuh` prepended.
+//!
+//! Which runs: [`FlashKernel::for_device`] (wgmma on sm_90 unless `WEFT_FLASH_KERNEL=mma`). The
+//! wgmma kernel must first agree with the mma kernel on a small problem off its tile sizes
+//! ([`CudaAttention::new`] runs both); if it cannot be built or disagrees, the mma kernel runs and
+//! a warning says why.
 //!
 //! burn-cuda 0.21's attention takes 7.3 ms (f16) / 78.5 ms (bf16) for Flux's 1×24×4608×128 on
 //! the H100 where torch's SDPA takes 0.40 ms (issue 6); this is the fast path, measured by
@@ -16,7 +22,7 @@
 //! Unsupported dtypes, head dims or views are errors ([`AttentionError::Plan`]); the caller falls
 //! back to burn's attention.
 use super::attention_plan::{
-    self, AttentionPlanError, AttentionProblem, AttnDType, KERNELS, View4,
+    self, AttentionPlanError, AttentionProblem, AttnDType, FlashKernel, View4,
 };
 use super::fence;
 use crate::patcher::cuda::CudaBackend;
@@ -25,15 +31,23 @@ use burn::tensor::backend::Backend;
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg, sys as drv,
+    CudaContext, CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys as drv,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use thiserror::Error;
 
-/// The kernel's source, compiled at run time.
-pub const FLASH_ATTN_CU: &str = include_str!("kernels/flash_attn.cu");
+/// The mma.sync kernel's source, compiled at run time.
+pub const FLASH_ATTN_CU: &str = concat!(
+    include_str!("kernels/flash_common.cuh"),
+    include_str!("kernels/flash_attn.cu")
+);
+/// The wgmma kernel's source (sm_90a), compiled at run time.
+pub const FLASH_ATTN_SM90_CU: &str = concat!(
+    include_str!("kernels/flash_common.cuh"),
+    include_str!("kernels/flash_attn_sm90.cu")
+);
 
 /// Errors of the flash-attention fast path.
 #[derive(Debug, Error)]
@@ -56,67 +70,148 @@ fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> AttentionEr
     move |e| AttentionError::Driver(format!("{what}: {e:?}"))
 }
 
-/// PTX per NVRTC architecture, compiled once per process.
-fn compiled_ptx(arch: &str) -> Result<Ptx, AttentionError> {
-    super::nvrtc::compile("flash_attn.cu", FLASH_ATTN_CU, arch, &["--std=c++17"]).map_err(
-        |message| AttentionError::Compile {
+/// PTX of one kernel per NVRTC architecture, compiled once per process.
+fn compiled_ptx(kernel: FlashKernel, arch: &str) -> Result<Ptx, AttentionError> {
+    let (name, source) = match kernel {
+        FlashKernel::Mma => ("flash_attn.cu", FLASH_ATTN_CU),
+        FlashKernel::Wgmma => ("flash_attn_sm90.cu", FLASH_ATTN_SM90_CU),
+    };
+    super::nvrtc::compile(name, source, arch, &["--std=c++17"]).map_err(|message| {
+        AttentionError::Compile {
             arch: arch.to_string(),
             message,
-        },
-    )
+        }
+    })
 }
+
+/// The largest difference the wgmma kernel may show against the mma kernel in the self-test:
+/// both accumulate in f32 and round the output (|o| < 2 there) to bf16 once, so they differ by
+/// a few bf16 steps at most; a wrong layout is off by O(1).
+const SELF_TEST_TOLERANCE: f32 = 2.0 / 64.0;
 
 /// The flash kernel on one device. Cheap to share (`&self` everywhere).
 pub struct CudaAttention {
     device: CudaDevice,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// Entry point name → function (the module stays loaded while these live).
+    /// The kernel this instance runs.
+    kernel: FlashKernel,
+    /// Entry point name → function, for every loaded kernel (the modules stay loaded while these
+    /// live).
     functions: HashMap<&'static str, CudaFunction>,
     /// Serializes launches on our stream with their waits.
     launch: Mutex<()>,
 }
 
 impl CudaAttention {
-    /// Compiles (once per process) and loads the kernel on device `index`, sharing burn-cuda's
-    /// primary context.
+    /// Compiles (once per process) and loads the kernels on device `index`, sharing burn-cuda's
+    /// primary context, and picks the one to run (see the module doc).
     pub fn new(index: usize) -> Result<Self, AttentionError> {
         let context = CudaContext::new(index).map_err(driver_err("context"))?;
         let (major, minor) = context
             .compute_capability()
             .map_err(driver_err("compute capability"))?;
-        let arch = attention_plan::nvrtc_arch(major, minor)?;
         let allowed = context
             .attribute(
                 drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )
             .map_err(driver_err("shared memory limit"))? as usize;
-        let module = context
-            .load_module(compiled_ptx(&arch)?)
-            .map_err(driver_err("loading the flash-attention PTX"))?;
         let mut functions = HashMap::new();
-        for (name, head_dim) in KERNELS {
-            let need = attention_plan::shared_bytes(head_dim);
-            if need > allowed {
-                return Err(AttentionError::SharedMemory { need, allowed });
-            }
-            let function = module.load_function(name).map_err(driver_err(name))?;
-            function
-                .set_attribute(
-                    drv::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    need as i32,
-                )
-                .map_err(driver_err("shared memory attribute"))?;
-            functions.insert(name, function);
-        }
+        load_kernel(&context, FlashKernel::Mma, major, minor, allowed, &mut functions)?;
         let stream = context.new_stream().map_err(driver_err("stream"))?;
-        Ok(CudaAttention {
+        let mut attention = CudaAttention {
             device: CudaDevice { index },
             context,
             stream,
+            kernel: FlashKernel::Mma,
             functions,
             launch: Mutex::new(()),
-        })
+        };
+        let requested = std::env::var("WEFT_FLASH_KERNEL").ok();
+        if FlashKernel::for_device(major, minor, requested.as_deref()) == FlashKernel::Wgmma {
+            let checked = load_kernel(
+                &attention.context,
+                FlashKernel::Wgmma,
+                major,
+                minor,
+                allowed,
+                &mut attention.functions,
+            )
+            .and_then(|()| attention.wgmma_difference());
+            match checked {
+                Ok(diff) if diff <= SELF_TEST_TOLERANCE => attention.kernel = FlashKernel::Wgmma,
+                Ok(diff) => tracing::warn!(
+                    "the wgmma flash kernel differs from the mma kernel by {diff} (tolerance \
+                     {SELF_TEST_TOLERANCE}); using the mma kernel"
+                ),
+                Err(e) => tracing::warn!("wgmma flash kernel unavailable ({e}); using the mma kernel"),
+            }
+        }
+        tracing::debug!("flash attention on cuda:{index}: {} kernel", attention.kernel.name());
+        Ok(attention)
+    }
+
+    /// The kernel this instance runs.
+    pub fn kernel(&self) -> FlashKernel {
+        self.kernel
+    }
+
+    /// Runs the mma and the wgmma kernels on the same random problems (both head dims, 300
+    /// queries and keys: a partial tile for each) and returns the largest difference of their
+    /// outputs (infinite for a NaN).
+    fn wgmma_difference(&self) -> Result<f32, AttentionError> {
+        let (heads, seq) = (2usize, 300usize);
+        let mut worst = 0.0f32;
+        for head_dim in attention_plan::HEAD_DIMS {
+            let n = heads * seq * head_dim;
+            // A fixed xorshift sequence of values in [-2, 2), as bf16 bits.
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ head_dim as u64;
+            let mut values = |count: usize| -> Vec<u16> {
+                (0..count)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+                        half::bf16::from_f32(4.0 * unit - 2.0).to_bits()
+                    })
+                    .collect()
+            };
+            let upload = |host: Vec<u16>| {
+                self.stream
+                    .clone_htod(&host)
+                    .map_err(driver_err("self-test upload"))
+            };
+            let (q, k, v) = (upload(values(n))?, upload(values(n))?, upload(values(n))?);
+            let view = View4::contiguous([1, heads, seq, head_dim]);
+            let problem = attention_plan::plan(view, view, view, AttnDType::Bf16)?;
+            let scale_log2 = attention_plan::scale_log2(1.0 / (head_dim as f32).sqrt())?;
+            let mut outputs = Vec::new();
+            for kernel in [FlashKernel::Mma, FlashKernel::Wgmma] {
+                let out = self
+                    .stream
+                    .alloc_zeros::<u16>(n)
+                    .map_err(driver_err("self-test output"))?;
+                {
+                    let (pq, _rq) = q.device_ptr(&self.stream);
+                    let (pk, _rk) = k.device_ptr(&self.stream);
+                    let (pv, _rv) = v.device_ptr(&self.stream);
+                    let (po, _ro) = out.device_ptr(&self.stream);
+                    self.launch_raw(kernel, &problem, [pq, pk, pv, po], scale_log2)?;
+                }
+                let host = self
+                    .stream
+                    .clone_dtoh(&out)
+                    .map_err(driver_err("self-test download"))?;
+                outputs.push(host);
+            }
+            for (a, b) in outputs[0].iter().zip(&outputs[1]) {
+                let (a, b) = (half::bf16::from_bits(*a), half::bf16::from_bits(*b));
+                let diff = (a.to_f32() - b.to_f32()).abs();
+                worst = if diff.is_nan() { f32::INFINITY } else { worst.max(diff) };
+            }
+        }
+        Ok(worst)
     }
 
     /// The process's instance for device `index`, made on first use.
@@ -265,13 +360,19 @@ impl CudaAttention {
     }
 
     fn launch_kernel(&self, call: &Call) -> Result<(), AttentionError> {
-        let Call {
-            problem,
-            pointers: [pq, pk, pv, po],
-            scale_log2,
-            ..
-        } = call;
-        let shape = problem.launch();
+        self.launch_raw(self.kernel, &call.problem, call.pointers, call.scale_log2)
+    }
+
+    /// Queues `kernel` on `problem` with the device pointers of q, k, v and a contiguous
+    /// `[B, H, Sq, D]` output.
+    fn launch_raw(
+        &self,
+        kernel: FlashKernel,
+        problem: &AttentionProblem,
+        [pq, pk, pv, po]: [u64; 4],
+        scale_log2: f32,
+    ) -> Result<(), AttentionError> {
+        let shape = problem.launch(kernel);
         let function = self
             .functions
             .get(shape.kernel)
@@ -285,28 +386,60 @@ impl CudaAttention {
         let (seq_q, seq_kv) = (problem.seq_q as i32, problem.seq_kv as i32);
         self.context.bind_to_thread().map_err(driver_err("bind"))?;
         let mut args = self.stream.launch_builder(function);
-        args.arg(pq).arg(pk).arg(pv).arg(po);
+        args.arg(&pq).arg(&pk).arg(&pv).arg(&po);
         args.arg(&q_sb).arg(&q_sh).arg(&q_ss);
         args.arg(&k_sb).arg(&k_sh).arg(&k_ss);
         args.arg(&v_sb).arg(&v_sh).arg(&v_ss);
         args.arg(&o_sb).arg(&o_sh).arg(&o_ss);
-        args.arg(&heads).arg(&seq_q).arg(&seq_kv).arg(scale_log2);
+        args.arg(&heads).arg(&seq_q).arg(&seq_kv).arg(&scale_log2);
         let config = LaunchConfig {
             grid_dim: shape.grid,
             block_dim: shape.block,
             shared_mem_bytes: shape.shared_bytes,
         };
-        // SAFETY: the arguments match the entry point's signature in flash_attn.cu one for one
-        // (four device pointers, twelve i64 strides, three i32 sizes, one f32). The pointers are
-        // burn-cuda buffers of the shapes and strides `attention_plan::plan` checked (every
-        // address the kernel forms is inside them: rows past the sequence are clamped and
-        // zero-filled, output rows past it are not stored), 16-byte aligned (checked); burn's work
-        // on them is finished (callers synchronize burn first) and `call` holds the inputs and
-        // the output until our stream is synchronized. The dynamic shared memory was allowed for
-        // the function in `new`.
+        // SAFETY: the arguments match the entry points' signature in flash_attn.cu and
+        // flash_attn_sm90.cu one for one (four device pointers, twelve i64 strides, three i32
+        // sizes, one f32). The pointers are device buffers of the shapes and strides
+        // `attention_plan::plan` checked (every address the kernels form is inside them: rows
+        // past the sequence are clamped and zero-filled, output rows past it are not stored),
+        // 16-byte aligned (checked for burn's buffers; cudarc's allocations are 256-byte
+        // aligned); the work writing them is finished or queued before on this stream (callers
+        // synchronize burn first) and the caller holds the buffers until our stream is
+        // synchronized. The dynamic shared memory was allowed for the function in `load_kernel`.
         unsafe { args.launch(config) }.map_err(driver_err("launching the flash kernel"))?;
         Ok(())
     }
+}
+
+/// Compiles `kernel` for the device, loads its module and enters its functions (with their
+/// shared-memory allowance) into `functions`.
+fn load_kernel(
+    context: &Arc<CudaContext>,
+    kernel: FlashKernel,
+    major: i32,
+    minor: i32,
+    allowed: usize,
+    functions: &mut HashMap<&'static str, CudaFunction>,
+) -> Result<(), AttentionError> {
+    let arch = kernel.nvrtc_arch(major, minor)?;
+    let module = context
+        .load_module(compiled_ptx(kernel, &arch)?)
+        .map_err(driver_err("loading the flash-attention PTX"))?;
+    for (name, head_dim) in kernel.kernels() {
+        let need = kernel.shared_bytes(head_dim);
+        if need > allowed {
+            return Err(AttentionError::SharedMemory { need, allowed });
+        }
+        let function = module.load_function(name).map_err(driver_err(name))?;
+        function
+            .set_attribute(
+                drv::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                need as i32,
+            )
+            .map_err(driver_err("shared memory attribute"))?;
+        functions.insert(name, function);
+    }
+    Ok(())
 }
 
 impl Drop for CudaAttention {
@@ -333,16 +466,20 @@ fn primitive(t: &Tensor<CudaBackend, 4>) -> CubeTensor<CudaRuntime> {
 mod tests {
     use super::*;
 
-    /// Compiles the kernel for sm_80 and sm_90 with the options `CudaAttention::new` uses and
-    /// checks that every entry point is there. Needs libnvrtc (no GPU):
-    /// `cargo test -p weft-engine --features cuda nvrtc -- --ignored`.
+    /// Compiles the kernels with the options `CudaAttention::new` uses (mma for sm_80 and
+    /// sm_90, wgmma for sm_90a) and checks that every entry point is there. Needs libnvrtc (no
+    /// GPU): `cargo test -p weft-engine --features cuda nvrtc -- --ignored`.
     #[test]
     #[ignore = "needs libnvrtc"]
     fn nvrtc_compiles_every_instantiation() {
-        for arch in ["sm_80", "sm_90"] {
-            let ptx = compiled_ptx(arch).unwrap_or_else(|e| panic!("{e}"));
+        for (kernel, arch) in [
+            (FlashKernel::Mma, "sm_80"),
+            (FlashKernel::Mma, "sm_90"),
+            (FlashKernel::Wgmma, "sm_90a"),
+        ] {
+            let ptx = compiled_ptx(kernel, arch).unwrap_or_else(|e| panic!("{e}"));
             let text = ptx.to_src();
-            for (name, _) in KERNELS {
+            for (name, _) in kernel.kernels() {
                 assert!(
                     text.contains(&format!(".entry {name}(")),
                     "{arch}: {name} missing"

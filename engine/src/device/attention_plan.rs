@@ -1,8 +1,9 @@
 //! The host-side logic of the flash-attention fast path (no GPU needed, unit-tested on the CPU):
-//! which views the kernel in `kernels/flash_attn.cu` accepts, which instantiation runs them, its
-//! launch grid and shared memory, and an f32 reference attention for checks.
+//! which views weft's kernels (`kernels/flash_attn.cu`, mma.sync for sm_80+, and
+//! `kernels/flash_attn_sm90.cu`, wgmma for sm_90a) accept, which kernel and instantiation runs
+//! them, their launch grid and shared memory, and an f32 reference attention for checks.
 //!
-//! The kernel reads `[B, H, S, D]` views whose rows (the head dim) are unit-stride and whose
+//! The kernels read `[B, H, S, D]` views whose rows (the head dim) are unit-stride and whose
 //! batch, head and sequence strides are multiples of 8 elements (16 bytes, for `cp.async` and
 //! vector stores); any such strides are fine, so burn's permuted views (`[B, S, H, D]` seen as
 //! `[B, H, S, D]`) need no copy. Anything else is refused with an error and the caller falls back
@@ -10,13 +11,11 @@
 use burn::tensor::DType;
 use thiserror::Error;
 
-/// Query rows per CTA (8 warps × 16 rows).
+/// Query rows per CTA (both kernels: 8 warps × 16 rows, or 2 warpgroups × 64 rows).
 pub const BLOCK_Q: usize = 128;
-/// Keys per shared-memory tile.
-pub const BLOCK_KV: usize = 64;
 /// Threads per CTA.
 pub const THREADS: u32 = 256;
-/// The head dims the kernel is instantiated for.
+/// The head dims the kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 /// CUDA's limit on `gridDim.y` (one CTA row per batch × head).
 const MAX_GRID_Y: usize = 65535;
@@ -24,6 +23,95 @@ const MAX_GRID_Y: usize = 65535;
 const ALIGN_ELEMS: usize = 8;
 /// Oldest compute capability with bf16 `mma.sync` and `cp.async`.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+/// Which of weft's flash kernels runs an attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// `flash_attn.cu`: mma.sync + ldmatrix, 64-key tiles; any sm_80 or newer GPU.
+    Mma,
+    /// `flash_attn_sm90.cu`: Hopper's wgmma from swizzled shared memory, 128-key tiles; sm_90
+    /// only (wgmma is an sm_90a instruction, absent from later architectures).
+    Wgmma,
+}
+
+impl FlashKernel {
+    /// The kernel for a device of compute capability `major.minor`; `requested` is the
+    /// `WEFT_FLASH_KERNEL` setting (`mma` keeps the portable kernel on a Hopper GPU).
+    pub fn for_device(major: i32, minor: i32, requested: Option<&str>) -> FlashKernel {
+        match ((major, minor), requested) {
+            (_, Some("mma")) => FlashKernel::Mma,
+            ((9, 0), _) => FlashKernel::Wgmma,
+            _ => FlashKernel::Mma,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashKernel::Mma => "mma",
+            FlashKernel::Wgmma => "wgmma",
+        }
+    }
+
+    /// Keys per shared-memory tile.
+    pub fn block_kv(self) -> usize {
+        match self {
+            FlashKernel::Mma => 64,
+            FlashKernel::Wgmma => 128,
+        }
+    }
+
+    /// Dynamic shared memory per CTA. mma: two K and two V buffers of 64 rows padded to `D + 8`
+    /// elements (the Q tile, then the output, reuse the second pair). wgmma: the Q tile and two
+    /// K and two V buffers of 128 rows, unpadded (swizzled), plus 1024 bytes to align the base.
+    pub fn shared_bytes(self, head_dim: usize) -> usize {
+        match self {
+            FlashKernel::Mma => 4 * self.block_kv() * (head_dim + 8) * 2,
+            FlashKernel::Wgmma => (BLOCK_Q + 4 * self.block_kv()) * head_dim * 2 + 1024,
+        }
+    }
+
+    /// NVRTC's `--gpu-architecture` for this kernel on a device of compute capability
+    /// `major.minor`.
+    pub fn nvrtc_arch(self, major: i32, minor: i32) -> Result<String, AttentionPlanError> {
+        if (major, minor) < MIN_COMPUTE_CAPABILITY || minor < 0 {
+            return Err(AttentionPlanError::ComputeCapability { major, minor });
+        }
+        match self {
+            FlashKernel::Mma => Ok(format!("sm_{major}{minor}")),
+            FlashKernel::Wgmma if (major, minor) == (9, 0) => Ok("sm_90a".to_string()),
+            FlashKernel::Wgmma => Err(AttentionPlanError::ComputeCapability { major, minor }),
+        }
+    }
+
+    /// The entry point of one instantiation (names as in the kernel sources).
+    pub fn kernel_name(self, dtype: AttnDType, head_dim: usize) -> &'static str {
+        let index = match (dtype, head_dim) {
+            (AttnDType::Bf16, 64) => 0,
+            (AttnDType::Bf16, _) => 1,
+            (AttnDType::F16, 64) => 2,
+            (AttnDType::F16, _) => 3,
+        };
+        self.kernels()[index].0
+    }
+
+    /// Every instantiation with its head dim.
+    pub fn kernels(self) -> [(&'static str, usize); 4] {
+        match self {
+            FlashKernel::Mma => [
+                ("flash_attn_fwd_bf16_d64", 64),
+                ("flash_attn_fwd_bf16_d128", 128),
+                ("flash_attn_fwd_f16_d64", 64),
+                ("flash_attn_fwd_f16_d128", 128),
+            ],
+            FlashKernel::Wgmma => [
+                ("flash_attn_sm90_bf16_d64", 64),
+                ("flash_attn_sm90_bf16_d128", 128),
+                ("flash_attn_sm90_f16_d64", 64),
+                ("flash_attn_sm90_f16_d128", 128),
+            ],
+        }
+    }
+}
 
 /// Why the kernel cannot run an attention (the caller falls back to burn).
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -235,16 +323,16 @@ impl AttentionProblem {
         [self.batch, self.heads, self.seq_q, self.head_dim]
     }
 
-    pub fn launch(&self) -> LaunchShape {
+    pub fn launch(&self, kernel: FlashKernel) -> LaunchShape {
         LaunchShape {
-            kernel: kernel_name(self.dtype, self.head_dim),
+            kernel: kernel.kernel_name(self.dtype, self.head_dim),
             grid: (
                 self.seq_q.div_ceil(BLOCK_Q) as u32,
                 (self.batch * self.heads) as u32,
                 1,
             ),
             block: (THREADS, 1, 1),
-            shared_bytes: shared_bytes(self.head_dim) as u32,
+            shared_bytes: kernel.shared_bytes(self.head_dim) as u32,
         }
     }
 
@@ -258,30 +346,6 @@ impl AttentionProblem {
             self.head_dim,
         )
     }
-}
-
-/// The entry point of one instantiation (names as in `flash_attn.cu`).
-pub fn kernel_name(dtype: AttnDType, head_dim: usize) -> &'static str {
-    match (dtype, head_dim) {
-        (AttnDType::Bf16, 64) => "flash_attn_fwd_bf16_d64",
-        (AttnDType::F16, 64) => "flash_attn_fwd_f16_d64",
-        (AttnDType::Bf16, _) => "flash_attn_fwd_bf16_d128",
-        (AttnDType::F16, _) => "flash_attn_fwd_f16_d128",
-    }
-}
-
-/// Every instantiation with its head dim.
-pub const KERNELS: [(&str, usize); 4] = [
-    ("flash_attn_fwd_bf16_d64", 64),
-    ("flash_attn_fwd_bf16_d128", 128),
-    ("flash_attn_fwd_f16_d64", 64),
-    ("flash_attn_fwd_f16_d128", 128),
-];
-
-/// Dynamic shared memory: two K and two V buffers of `BLOCK_KV` rows padded to `D + 8` elements
-/// (the Q tile, then the output, reuse the second pair).
-pub fn shared_bytes(head_dim: usize) -> usize {
-    4 * BLOCK_KV * (head_dim + 8) * 2
 }
 
 /// `scale · log2(e)`: the kernel's softmax runs in base 2.
@@ -301,14 +365,6 @@ pub fn check_alignment(what: &'static str, ptr: u64) -> Result<(), AttentionPlan
     } else {
         Err(AttentionPlanError::Misaligned { what, ptr })
     }
-}
-
-/// NVRTC's `--gpu-architecture` for a compute capability (sm_80 or newer).
-pub fn nvrtc_arch(major: i32, minor: i32) -> Result<String, AttentionPlanError> {
-    if (major, minor) < MIN_COMPUTE_CAPABILITY || minor < 0 {
-        return Err(AttentionPlanError::ComputeCapability { major, minor });
-    }
-    Ok(format!("sm_{major}{minor}"))
 }
 
 /// `4·B·H·Sq·Skv·D`: the two matrix products of attention.
@@ -389,13 +445,20 @@ mod tests {
         // Batch 1: its stride is never stepped over.
         assert_eq!(p.q, [0, 4608 * 128, 128]);
         assert_eq!(p.out_shape(), shape);
-        let l = p.launch();
+        let l = p.launch(FlashKernel::Mma);
         assert_eq!(l.kernel, "flash_attn_fwd_bf16_d128");
         assert_eq!(l.grid, (36, 24, 1));
         assert_eq!(l.block, (256, 1, 1));
         // Four 64-row buffers of 136 bf16: fits the H100's 227 KiB opt-in, and an RTX 30x0's 99.
         assert_eq!(l.shared_bytes, 4 * 64 * 136 * 2);
         assert!(l.shared_bytes as usize <= 99 * 1024);
+        let w = p.launch(FlashKernel::Wgmma);
+        assert_eq!(w.kernel, "flash_attn_sm90_bf16_d128");
+        assert_eq!((w.grid, w.block), (l.grid, l.block));
+        // Q (128 rows) and four 128-row K/V buffers of 128 bf16, plus the alignment slack: within
+        // Hopper's 227 KiB opt-in.
+        assert_eq!(w.shared_bytes, 5 * 128 * 128 * 2 + 1024);
+        assert!(w.shared_bytes as usize <= 227 * 1024);
         assert!((p.flops() - 4.0 * 24.0 * 4608.0 * 4608.0 * 128.0).abs() < 1.0);
     }
 
@@ -408,8 +471,11 @@ mod tests {
         ] {
             let shape = [2, 3, 100, d];
             let p = plan(dense(shape), dense(shape), dense(shape), dtype).unwrap();
-            assert_eq!(p.launch().kernel, name);
-            assert!(KERNELS.contains(&(name, d)));
+            assert_eq!(p.launch(FlashKernel::Mma).kernel, name);
+            assert!(FlashKernel::Mma.kernels().contains(&(name, d)));
+            let hopper = name.replace("fwd", "sm90");
+            assert_eq!(p.launch(FlashKernel::Wgmma).kernel, hopper);
+            assert!(FlashKernel::Wgmma.kernels().contains(&(hopper.as_str(), d)));
         }
     }
 
@@ -418,7 +484,8 @@ mod tests {
         let q = [1, 2, 1000, 64];
         let kv = [1, 2, 77, 64];
         let p = plan(dense(q), dense(kv), dense(kv), AttnDType::Bf16).unwrap();
-        assert_eq!(p.launch().grid, (8, 2, 1));
+        assert_eq!(p.launch(FlashKernel::Mma).grid, (8, 2, 1));
+        assert_eq!(p.launch(FlashKernel::Wgmma).grid, (8, 2, 1));
         assert_eq!((p.seq_q, p.seq_kv), (1000, 77));
     }
 
@@ -502,9 +569,23 @@ mod tests {
         assert!(scale_log2(f32::INFINITY).is_err());
         assert!(check_alignment("q", 0x7f00_0000_0100).is_ok());
         assert!(check_alignment("q", 0x7f00_0000_0108).is_err());
-        assert_eq!(nvrtc_arch(9, 0).unwrap(), "sm_90");
-        assert_eq!(nvrtc_arch(8, 6).unwrap(), "sm_86");
-        assert!(nvrtc_arch(7, 5).is_err());
+        assert_eq!(FlashKernel::Mma.nvrtc_arch(9, 0).unwrap(), "sm_90");
+        assert_eq!(FlashKernel::Mma.nvrtc_arch(8, 6).unwrap(), "sm_86");
+        assert!(FlashKernel::Mma.nvrtc_arch(7, 5).is_err());
+        // wgmma needs the architecture-specific sm_90a target and exists on sm_90 alone.
+        assert_eq!(FlashKernel::Wgmma.nvrtc_arch(9, 0).unwrap(), "sm_90a");
+        assert!(FlashKernel::Wgmma.nvrtc_arch(8, 9).is_err());
+        assert!(FlashKernel::Wgmma.nvrtc_arch(10, 0).is_err());
+    }
+
+    #[test]
+    fn hopper_takes_wgmma_unless_told_otherwise() {
+        assert_eq!(FlashKernel::for_device(9, 0, None), FlashKernel::Wgmma);
+        assert_eq!(FlashKernel::for_device(9, 0, Some("mma")), FlashKernel::Mma);
+        assert_eq!(FlashKernel::for_device(9, 0, Some("wgmma")), FlashKernel::Wgmma);
+        assert_eq!(FlashKernel::for_device(8, 0, None), FlashKernel::Mma);
+        assert_eq!(FlashKernel::for_device(8, 9, Some("wgmma")), FlashKernel::Mma);
+        assert_eq!(FlashKernel::for_device(12, 0, None), FlashKernel::Mma);
     }
 
     #[test]

@@ -259,6 +259,7 @@ mod cuda {
             DType::BF16
         };
         let attention = CudaAttention::new(index).with_context(|| format!("cuda:{index}"))?;
+        eprintln!("flash kernel: {}", attention.kernel().name());
         let dev = attention.device().clone();
         let sync = || CudaBackend::sync(&dev).map_err(|e| anyhow::anyhow!("sync: {e:?}"));
         let mut rows = Vec::new();

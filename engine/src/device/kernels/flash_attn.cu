@@ -6,8 +6,8 @@
 // batch, head and sequence strides are free (multiples of 8 elements, checked on the host in
 // attention_plan.rs, as are the 16-byte aligned base pointers).
 //
-// No headers: NVRTC's implicit declarations differ between CUDA versions, so every device
-// intrinsic used here is inline PTX, and the 16-bit values are plain `unsigned short` bits.
+// The shared helpers and the online-softmax step are in flash_common.cuh, prepended to this
+// source at compile time.
 //
 // Work split. One CTA = 8 warps = one tile of BR = 128 query rows of one (batch, head); warp w
 // owns rows 16w..16w+15 and keeps their Q fragments, its running max/sum and its 16 × D output
@@ -50,59 +50,13 @@
 //   Each lane so holds 2 query rows (g and g+8) of its warp's 16; row statistics are reduced over
 //   the 4 lanes of a quad (xor 1, xor 2).
 
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef long long i64;
-
 #define BR 128
 #define BC 64
 #define WARPS 8
 #define THREADS (WARPS * 32)
 
-// NVRTC predefines these (as nvcc's host_defines.h does); the fallbacks only guard against a
-// toolkit that does not.
-#ifndef __forceinline__
-#define __forceinline__ __inline__ __attribute__((always_inline))
-#endif
-#ifndef __align__
-#define __align__(n) __attribute__((aligned(n)))
-#endif
-#ifndef __launch_bounds__
-#define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
-#endif
-
-static __device__ __forceinline__ float neg_inf() {
-    float x;
-    asm("mov.f32 %0, 0fFF800000;" : "=f"(x));
-    return x;
-}
-
-static __device__ __forceinline__ u32 smem_u32(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-static __device__ __forceinline__ void barrier() { asm volatile("bar.sync 0;" ::: "memory"); }
-
 static __device__ __forceinline__ void warp_sync() {
     asm volatile("bar.warp.sync 0xffffffff;" ::: "memory");
-}
-
-// 16 bytes global -> shared, asynchronously; `src_bytes` = 0 zero-fills (rows past the end).
-static __device__ __forceinline__ void cp_async_16(u32 dst, const void* src, u32 src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
-                 "r"(src_bytes)
-                 : "memory");
-}
-
-static __device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N> static __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
 static __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
@@ -132,33 +86,6 @@ static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
 }
-
-// Two f32 -> one register of two 16-bit values, `lo` in the low half. cvt's first source goes to
-// the high half.
-template <bool BF16> static __device__ __forceinline__ u32 pack(float lo, float hi) {
-    u32 r;
-    if constexpr (BF16) {
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    } else {
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    }
-    return r;
-}
-
-// 2^x; ex2(-inf) = +0.
-static __device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-static __device__ __forceinline__ float shfl_xor(float x, int mask) {
-    float y;
-    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(y) : "f"(x), "r"(mask));
-    return y;
-}
-
-static __device__ __forceinline__ float fmax2(float a, float b) { return a > b ? a : b; }
 
 // Copies rows [row0, row0 + ROWS) of a [seq, D] matrix (row stride `stride` elements, unit
 // column stride) into shared memory at `dst` (row stride LD elements). Rows at or past `seq`
@@ -264,57 +191,9 @@ static __device__ __forceinline__ void flash_attn_fwd(
             }
         }
 
-        // Scale into log2 units, mask keys past the end, online softmax.
-        const int kv0 = j * BC;
-#pragma unroll
-        for (int n = 0; n < NS; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] *= scale_log2;
-        if (kv0 + BC > seq_kv) {
-#pragma unroll
-            for (int n = 0; n < NS; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (kv0 + n * 8 + 2 * t + (e & 1) >= seq_kv) s[n][e] = neg_inf();
-        }
-        float tile_max[2] = {row_max[0], row_max[1]};
-#pragma unroll
-        for (int n = 0; n < NS; ++n) {
-            tile_max[0] = fmax2(tile_max[0], fmax2(s[n][0], s[n][1]));
-            tile_max[1] = fmax2(tile_max[1], fmax2(s[n][2], s[n][3]));
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_max[r] = fmax2(tile_max[r], shfl_xor(tile_max[r], 1));
-            tile_max[r] = fmax2(tile_max[r], shfl_xor(tile_max[r], 2));
-        }
-        // Every tile holds at least one real key, so tile_max is finite here and
-        // ex2(-inf - finite) = 0 on the first tile.
-        float rescale[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            rescale[r] = ex2(row_max[r] - tile_max[r]);
-            row_max[r] = tile_max[r];
-            row_sum[r] *= rescale[r];
-        }
-#pragma unroll
-        for (int n = 0; n < NO; ++n) {
-            acc[n][0] *= rescale[0];
-            acc[n][1] *= rescale[0];
-            acc[n][2] *= rescale[1];
-            acc[n][3] *= rescale[1];
-        }
-        // P = 2^(s - max), packed straight into A fragments for P·V (see the header).
+        // Scale, mask, online softmax; P as A fragments of P·V (flash_common.cuh).
         u32 pf[BC / 16][4];
-#pragma unroll
-        for (int n = 0; n < NS; ++n) {
-            const float p0 = ex2(s[n][0] - row_max[0]), p1 = ex2(s[n][1] - row_max[0]);
-            const float p2 = ex2(s[n][2] - row_max[1]), p3 = ex2(s[n][3] - row_max[1]);
-            row_sum[0] += p0 + p1;
-            row_sum[1] += p2 + p3;
-            pf[n / 2][(n & 1) * 2 + 0] = pack<BF16>(p0, p1);
-            pf[n / 2][(n & 1) * 2 + 1] = pack<BF16>(p2, p3);
-        }
+        softmax_tile<NS, NO, BF16>(s, acc, row_max, row_sum, pf, j * BC, seq_kv, t, scale_log2);
 
         // V[j] has landed (only K[j+1] may be in flight); every warp is done with V[j-1].
         cp_async_wait<1>();
@@ -342,13 +221,7 @@ static __device__ __forceinline__ void flash_attn_fwd(
     cp_async_wait<0>();
     barrier();
     float inv[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = row_sum[r];
-        l += shfl_xor(l, 1);
-        l += shfl_xor(l, 2);
-        inv[r] = 1.f / l;
-    }
+    row_inverse(row_sum, inv);
     const int r0 = warp * 16 + g;
 #pragma unroll
     for (int n = 0; n < NO; ++n) {
