@@ -117,7 +117,14 @@ impl CudaAttention {
             )
             .map_err(driver_err("shared memory limit"))? as usize;
         let mut functions = HashMap::new();
-        load_kernel(&context, FlashKernel::Mma, major, minor, allowed, &mut functions)?;
+        load_kernel(
+            &context,
+            FlashKernel::Mma,
+            major,
+            minor,
+            allowed,
+            &mut functions,
+        )?;
         let stream = context.new_stream().map_err(driver_err("stream"))?;
         let mut attention = CudaAttention {
             device: CudaDevice { index },
@@ -144,10 +151,15 @@ impl CudaAttention {
                     "the wgmma flash kernel differs from the mma kernel by {diff} (tolerance \
                      {SELF_TEST_TOLERANCE}); using the mma kernel"
                 ),
-                Err(e) => tracing::warn!("wgmma flash kernel unavailable ({e}); using the mma kernel"),
+                Err(e) => {
+                    tracing::warn!("wgmma flash kernel unavailable ({e}); using the mma kernel")
+                }
             }
         }
-        tracing::debug!("flash attention on cuda:{index}: {} kernel", attention.kernel.name());
+        tracing::debug!(
+            "flash attention on cuda:{index}: {} kernel",
+            attention.kernel.name()
+        );
         Ok(attention)
     }
 
@@ -197,7 +209,12 @@ impl CudaAttention {
                     let (pk, _rk) = k.device_ptr(&self.stream);
                     let (pv, _rv) = v.device_ptr(&self.stream);
                     let (po, _ro) = out.device_ptr(&self.stream);
-                    self.launch_raw(kernel, &problem, [pq, pk, pv, po], scale_log2)?;
+                    let contiguous = [
+                        (heads * seq * head_dim) as i64,
+                        (seq * head_dim) as i64,
+                        head_dim as i64,
+                    ];
+                    self.launch_raw(kernel, &problem, [pq, pk, pv, po], contiguous, scale_log2)?;
                 }
                 let host = self
                     .stream
@@ -208,7 +225,11 @@ impl CudaAttention {
             for (a, b) in outputs[0].iter().zip(&outputs[1]) {
                 let (a, b) = (half::bf16::from_bits(*a), half::bf16::from_bits(*b));
                 let diff = (a.to_f32() - b.to_f32()).abs();
-                worst = if diff.is_nan() { f32::INFINITY } else { worst.max(diff) };
+                worst = if diff.is_nan() {
+                    f32::INFINITY
+                } else {
+                    worst.max(diff)
+                };
             }
         }
         Ok(worst)
@@ -233,7 +254,8 @@ impl CudaAttention {
 
     /// `softmax(q·kᵀ·scale)·v` for `q [B, H, Sq, D]`, `k, v [B, H, Skv, D]` (bf16 or f16, one
     /// dtype, D = 64 or 128, head dim unit-stride). The result, `[B, H, Sq, D]` in the inputs'
-    /// dtype, is ordered before burn's later work when this returns ([`super::fence`]).
+    /// dtype (a view of `[B, Sq, H, D]` memory, so that merging the heads costs no copy), is
+    /// ordered before burn's later work when this returns ([`super::fence`]).
     pub fn attention(
         &self,
         q: Tensor<CudaBackend, 4>,
@@ -323,10 +345,14 @@ impl CudaAttention {
             attention_plan::plan(view("q", &tq)?, view("k", &tk)?, view("v", &tv)?, dtype)?;
         let scale_log2 = attention_plan::scale_log2(scale)?;
 
-        let out = Tensor::<CudaBackend, 4>::empty(problem.out_shape(), (&self.device, tq.dtype));
-        let tout = primitive(&out);
+        // The output is written heads-interleaved, `[B, Sq, H, D]` in memory, and handed out as
+        // its `[B, H, Sq, D]` view: merging the heads afterwards (`swap_dims(1, 2)` and a
+        // reshape to `[B, Sq, H·D]`, what every transformer does next) is then free.
+        let [b, h, sq, d] = problem.out_shape();
+        let merged = Tensor::<CudaBackend, 4>::empty([b, sq, h, d], (&self.device, tq.dtype));
+        let tout = primitive(&merged);
         let out_view = view("output", &tout)?;
-        if out_view != View4::contiguous(problem.out_shape()) {
+        if out_view != View4::contiguous([b, sq, h, d]) {
             return Err(AttentionPlanError::Layout {
                 what: "output",
                 shape: out_view.shape,
@@ -334,6 +360,8 @@ impl CudaAttention {
             }
             .into());
         }
+        let out_strides = [(sq * h * d) as i64, d as i64, (h * d) as i64];
+        let out = merged.swap_dims(1, 2);
         let ptr =
             |t: &CubeTensor<CudaRuntime>, what: &'static str| -> Result<u64, AttentionError> {
                 let resource = t
@@ -353,6 +381,7 @@ impl CudaAttention {
         Ok(Call {
             problem,
             pointers,
+            out_strides,
             scale_log2,
             out,
             _inputs: [tq, tk, tv],
@@ -360,16 +389,24 @@ impl CudaAttention {
     }
 
     fn launch_kernel(&self, call: &Call) -> Result<(), AttentionError> {
-        self.launch_raw(self.kernel, &call.problem, call.pointers, call.scale_log2)
+        let Call {
+            problem,
+            pointers,
+            out_strides,
+            scale_log2,
+            ..
+        } = call;
+        self.launch_raw(self.kernel, problem, *pointers, *out_strides, *scale_log2)
     }
 
-    /// Queues `kernel` on `problem` with the device pointers of q, k, v and a contiguous
-    /// `[B, H, Sq, D]` output.
+    /// Queues `kernel` on `problem` with the device pointers of q, k, v and the output, whose
+    /// `[B, H, Sq, D]` batch, head and sequence strides are `out_strides` (unit-stride rows).
     fn launch_raw(
         &self,
         kernel: FlashKernel,
         problem: &AttentionProblem,
         [pq, pk, pv, po]: [u64; 4],
+        [o_sb, o_sh, o_ss]: [i64; 3],
         scale_log2: f32,
     ) -> Result<(), AttentionError> {
         let shape = problem.launch(kernel);
@@ -380,8 +417,6 @@ impl CudaAttention {
         let [q_sb, q_sh, q_ss] = problem.q;
         let [k_sb, k_sh, k_ss] = problem.k;
         let [v_sb, v_sh, v_ss] = problem.v;
-        let [_, h, s, d] = problem.out_shape().map(|x| x as i64);
-        let (o_sb, o_sh, o_ss) = (h * s * d, s * d, d);
         let heads = problem.heads as i32;
         let (seq_q, seq_kv) = (problem.seq_q as i32, problem.seq_kv as i32);
         self.context.bind_to_thread().map_err(driver_err("bind"))?;
@@ -453,6 +488,8 @@ impl Drop for CudaAttention {
 struct Call {
     problem: AttentionProblem,
     pointers: [u64; 4],
+    /// Batch, head and sequence strides of the output, in elements.
+    out_strides: [i64; 3],
     scale_log2: f32,
     out: Tensor<CudaBackend, 4>,
     _inputs: [CubeTensor<CudaRuntime>; 3],

@@ -582,9 +582,15 @@ mod tests {
     fn hopper_takes_wgmma_unless_told_otherwise() {
         assert_eq!(FlashKernel::for_device(9, 0, None), FlashKernel::Wgmma);
         assert_eq!(FlashKernel::for_device(9, 0, Some("mma")), FlashKernel::Mma);
-        assert_eq!(FlashKernel::for_device(9, 0, Some("wgmma")), FlashKernel::Wgmma);
+        assert_eq!(
+            FlashKernel::for_device(9, 0, Some("wgmma")),
+            FlashKernel::Wgmma
+        );
         assert_eq!(FlashKernel::for_device(8, 0, None), FlashKernel::Mma);
-        assert_eq!(FlashKernel::for_device(8, 9, Some("wgmma")), FlashKernel::Mma);
+        assert_eq!(
+            FlashKernel::for_device(8, 9, Some("wgmma")),
+            FlashKernel::Mma
+        );
         assert_eq!(FlashKernel::for_device(12, 0, None), FlashKernel::Mma);
     }
 
