@@ -503,6 +503,30 @@ fn primitive(t: &Tensor<CudaBackend, 4>) -> CubeTensor<CudaRuntime> {
 mod tests {
     use super::*;
 
+    /// The tile sizes the host plans with are the ones the kernel sources are compiled with.
+    #[test]
+    fn plan_tiles_match_the_kernel_sources() {
+        for (kernel, source) in [
+            (FlashKernel::Mma, FLASH_ATTN_CU),
+            (FlashKernel::Wgmma, FLASH_ATTN_SM90_CU),
+        ] {
+            let defined = |name: &str| {
+                source
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            };
+            assert_eq!(defined("BR"), Some(attention_plan::BLOCK_Q), "{kernel:?}");
+            assert_eq!(defined("BC"), Some(kernel.block_kv()), "{kernel:?}");
+            let threads = defined("THREADS").or_else(|| defined("WARPS").map(|w| w * 32));
+            assert_eq!(
+                threads,
+                Some(attention_plan::THREADS as usize),
+                "{kernel:?}"
+            );
+        }
+    }
+
     /// Compiles the kernels with the options `CudaAttention::new` uses (mma for sm_80 and
     /// sm_90, wgmma for sm_90a) and checks that every entry point is there. Needs libnvrtc (no
     /// GPU): `cargo test -p weft-engine --features cuda nvrtc -- --ignored`.
@@ -522,7 +546,7 @@ mod tests {
                     "{arch}: {name} missing"
                 );
             }
-            // A runtime-indexed register array would land in local memory.
+            // A runtime-indexed register array (or a spill) would land in local memory.
             assert!(!text.contains(".local"), "{arch}: local-memory array");
         }
     }

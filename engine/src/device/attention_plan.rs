@@ -29,7 +29,7 @@ pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 pub enum FlashKernel {
     /// `flash_attn.cu`: mma.sync + ldmatrix, 64-key tiles; any sm_80 or newer GPU.
     Mma,
-    /// `flash_attn_sm90.cu`: Hopper's wgmma from swizzled shared memory, 128-key tiles; sm_90
+    /// `flash_attn_sm90.cu`: Hopper's wgmma from swizzled shared memory, 96-key tiles; sm_90
     /// only (wgmma is an sm_90a instruction, absent from later architectures).
     Wgmma,
 }
@@ -56,13 +56,13 @@ impl FlashKernel {
     pub fn block_kv(self) -> usize {
         match self {
             FlashKernel::Mma => 64,
-            FlashKernel::Wgmma => 128,
+            FlashKernel::Wgmma => 96,
         }
     }
 
     /// Dynamic shared memory per CTA. mma: two K and two V buffers of 64 rows padded to `D + 8`
     /// elements (the Q tile, then the output, reuse the second pair). wgmma: the Q tile and two
-    /// K and two V buffers of 128 rows, unpadded (swizzled), plus 1024 bytes to align the base.
+    /// K and two V buffers of 96 rows, unpadded (swizzled), plus 1024 bytes to align the base.
     pub fn shared_bytes(self, head_dim: usize) -> usize {
         match self {
             FlashKernel::Mma => 4 * self.block_kv() * (head_dim + 8) * 2,
@@ -455,9 +455,9 @@ mod tests {
         let w = p.launch(FlashKernel::Wgmma);
         assert_eq!(w.kernel, "flash_attn_sm90_bf16_d128");
         assert_eq!((w.grid, w.block), (l.grid, l.block));
-        // Q (128 rows) and four 128-row K/V buffers of 128 bf16, plus the alignment slack: within
+        // Q (128 rows) and four 96-row K/V buffers of 128 bf16, plus the alignment slack: within
         // Hopper's 227 KiB opt-in.
-        assert_eq!(w.shared_bytes, 5 * 128 * 128 * 2 + 1024);
+        assert_eq!(w.shared_bytes, (128 + 4 * 96) * 128 * 2 + 1024);
         assert!(w.shared_bytes as usize <= 227 * 1024);
         assert!((p.flops() - 4.0 * 24.0 * 4608.0 * 4608.0 * 128.0).abs() < 1.0);
     }

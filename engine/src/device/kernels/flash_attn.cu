@@ -228,11 +228,8 @@ static __device__ __forceinline__ void flash_attn_fwd(
         const int col = n * 8 + 2 * t;
         const u32 top = pack<BF16>(acc[n][0] * inv[0], acc[n][1] * inv[0]);
         const u32 bottom = pack<BF16>(acc[n][2] * inv[1], acc[n][3] * inv[1]);
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(smem_u32(s_out + r0 * LD + col)), "r"(top)
-                     : "memory");
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(smem_u32(s_out + (r0 + 8) * LD + col)),
-                     "r"(bottom)
-                     : "memory");
+        st_shared_b32(smem_u32(s_out + r0 * LD + col), top);
+        st_shared_b32(smem_u32(s_out + (r0 + 8) * LD + col), bottom);
     }
     warp_sync();
     constexpr int CHUNKS = D / 8;
@@ -241,16 +238,8 @@ static __device__ __forceinline__ void flash_attn_fwd(
         const int chunk = lane + i * 32;
         const int r = chunk / CHUNKS, c = chunk % CHUNKS;
         const int row = q0 + warp * 16 + r;
-        u32 x0, x1, x2, x3;
-        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3)
-                     : "r"(smem_u32(s_out + (warp * 16 + r) * LD + c * 8)));
-        if (row < seq_q) {
-            u16* dst = og + (i64)row * o_ss + c * 8;
-            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(x0), "r"(x1),
-                         "r"(x2), "r"(x3)
-                         : "memory");
-        }
+        if (row < seq_q)
+            copy_out_16(smem_u32(s_out + (warp * 16 + r) * LD + c * 8), og + (i64)row * o_ss + c * 8);
     }
 }
 

@@ -12,12 +12,15 @@
 //
 // Work split. One CTA = 2 warpgroups = BR = 128 query rows of one (batch, head); warpgroup w owns
 // rows 64w..64w+63, warp i of it rows 16i..16i+15 of those. Keys and values stream through
-// shared memory in tiles of BC = 128 rows, double-buffered with cp.async (all 256 threads load),
-// as in flash_attn.cu. Per key tile:
-//   S = Q·Kᵀ    wgmma m64n128k16, A = Q and B = K from shared memory (both K-major), D/16 steps;
-//   softmax     on the S accumulators in registers (flash_common.cuh's softmax_tile);
+// shared memory in tiles of BC = 96 rows, double-buffered with cp.async (all 256 threads load).
+// The products:
+//   S = Q·Kᵀ    wgmma m64nBCk16, A = Q and B = K from shared memory (both K-major), D/16 steps;
 //   O += P·V    wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major:
 //               V rows are keys, the head dim is contiguous, hence the transpose flag), BC/16 steps.
+// and per tile j, in this order: S[j+1] and P[j]·V[j] are queued; once S[j+1] is in, its online
+// softmax (flash_common.cuh) runs on the ALUs while P[j]·V[j] still runs on the tensor cores;
+// then the output is rescaled for tile j+1. BC = 96 keeps the S accumulators, two sets of P
+// fragments and the output accumulators within 255 registers (128 spills for D = 128).
 //
 // Shared-memory layout: wgmma's 128-byte swizzle. A tile of R rows × D is stored as D/64 column
 // blocks ("atoms") of R rows × 128 bytes (64 elements); the 16-byte chunk c of row r sits at
@@ -39,7 +42,9 @@
 // waited for before its accumulators or its register operands are touched again.
 
 #define BR 128
-#define BC 128
+#ifndef BC
+#define BC 96
+#endif
 #define THREADS 256
 
 // 128-byte-swizzled byte offset of 16-byte chunk `chunk` (0..D/8) of row `row` in an R-row tile.
@@ -82,8 +87,9 @@ static __device__ __forceinline__ void wgmma_fence() {
 static __device__ __forceinline__ void wgmma_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
-static __device__ __forceinline__ void wgmma_wait_all() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+// Waits until at most N of this warpgroup's committed wgmma groups are still in flight.
+template <int N> static __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 
 // Pins accumulators and register operands after a wait: later reads and writes depend on this
@@ -112,20 +118,39 @@ static __device__ __forceinline__ void pin(u32 (&a)[N][4]) {
     REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
-// d (+)= A·B for m64n128k16, A and B from shared memory (both K-major); `accumulate` = 0 ignores d.
+#define REGS48                                                                                    \
+    REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+
+// d (+)= A·B for m64nNk16 (N = 8·tiles: 96 or 128), A and B from shared memory (both K-major);
+// `accumulate` = 0 ignores d.
 #define WGMMA_SS_N128(TYPE)                                                                       \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                    \
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " {" REGS64 "}, "   \
                  "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                  \
                  : ACC32(d, 0), ACC32(d, 8)                                                       \
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate))
-template <bool BF16>
-static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[16][4], unsigned long long desc_a,
-                                                     unsigned long long desc_b, int accumulate) {
-    if constexpr (BF16) {
-        WGMMA_SS_N128("bf16");
+#define WGMMA_SS_N96(TYPE)                                                                        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned.m64n96k16.f32." TYPE "." TYPE " {" REGS48 "}, "    \
+                 "%48, %49, p, 1, 1, 0, 0;\n}\n"                                                  \
+                 : ACC32(d, 0), ACC4(d, 8), ACC4(d, 9), ACC4(d, 10), ACC4(d, 11)                  \
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate))
+template <bool BF16, int N>
+static __device__ __forceinline__ void wgmma_ss(float (&d)[N][4], unsigned long long desc_a,
+                                                unsigned long long desc_b, int accumulate) {
+    static_assert(N == 12 || N == 16, "n96 and n128 are instantiated");
+    if constexpr (N == 16) {
+        if constexpr (BF16) {
+            WGMMA_SS_N128("bf16");
+        } else {
+            WGMMA_SS_N128("f16");
+        }
     } else {
-        WGMMA_SS_N128("f16");
+        if constexpr (BF16) {
+            WGMMA_SS_N96("bf16");
+        } else {
+            WGMMA_SS_N96("f16");
+        }
     }
 }
 
@@ -192,15 +217,30 @@ static __device__ __forceinline__ void flash_attn_sm90(
     u16* og = o + b * o_sb + h * o_sh;
     const int n_tiles = (seq_kv + BC - 1) / BC;
 
-    // Prologue: group {Q, K0}, then group {V0}.
+    // This warpgroup's 64 Q rows start 64·128 bytes into each atom.
+    const u32 q_rows = s_q + (u32)(wg * 64 * 128);
+    // S = Q·K[tile]ᵀ for this warpgroup's 64 rows × BC keys, queued (not waited for).
+    auto issue_scores = [&](float (&s)[NS][4], u32 k_tile) {
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            // Atom kk / 4, then 32 bytes per 16-element step inside it.
+            const u32 step = (u32)((kk & 3) * 32);
+            const unsigned long long da =
+                smem_desc(q_rows + (u32)((kk >> 2) * BR * 128) + step, 16, 1024);
+            const unsigned long long db =
+                smem_desc(k_tile + (u32)((kk >> 2) * BC * 128) + step, 16, 1024);
+            wgmma_ss<BF16, NS>(s, da, db, kk > 0);
+        }
+        wgmma_commit();
+    };
+
+    // Prologue: group {Q, K0}, then group {V0, K1}; S[0] computed and its softmax taken.
     load_tile_sw<BR, D>(s_q, qg, q_ss, q0, seq_q, tid);
     load_tile_sw<BC, D>(s_k(0), kg, k_ss, 0, seq_kv, tid);
     cp_async_commit();
     load_tile_sw<BC, D>(s_v(0), vg, v_ss, 0, seq_kv, tid);
+    if (n_tiles > 1) load_tile_sw<BC, D>(s_k(1), kg, k_ss, BC, seq_kv, tid);
     cp_async_commit();
-
-    // This warpgroup's 64 Q rows start 64·128 bytes into each atom.
-    const u32 q_rows = s_q + (u32)(wg * 64 * 128);
 
     float acc[NO][4];
 #pragma unroll
@@ -210,47 +250,22 @@ static __device__ __forceinline__ void flash_attn_sm90(
     for (int n = 0; n < NS; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
     float row_max[2] = {neg_inf(), neg_inf()};
     float row_sum[2] = {0.f, 0.f};
+    float rescale[2];
+    u32 pf[NS / 2][4];
 
-    for (int j = 0; j < n_tiles; ++j) {
-        const int cur = j & 1, nxt = cur ^ 1;
-        // K[j] (and at j = 0 the Q tile) has landed and is visible to the tensor cores; every
-        // warpgroup is done with K[j-1] (its S product was waited for): buffer nxt is free.
-        cp_async_wait<1>();
-        fence_proxy_async();
-        barrier();
-        if (j + 1 < n_tiles) load_tile_sw<BC, D>(s_k(nxt), kg, k_ss, (j + 1) * BC, seq_kv, tid);
-        cp_async_commit();  // possibly empty: keeps the group count uniform
+    cp_async_wait<1>();
+    fence_proxy_async();
+    barrier();
+    wgmma_fence();
+    issue_scores(s, s_k(0));
+    wgmma_wait<0>();
+    pin(s);
+    softmax_scores<NS, BF16>(s, row_max, row_sum, pf, rescale, 0, seq_kv, t, scale_log2);
 
-        // S = Q·Kᵀ for this warpgroup's 64 rows × BC keys.
-        const u32 k_tile = s_k(cur);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < KT; ++kk) {
-            // Atom kk / 4, then 32 bytes per 16-element step inside it.
-            const u32 step = (u32)((kk & 3) * 32);
-            const unsigned long long da =
-                smem_desc(q_rows + (u32)((kk >> 2) * BR * 128) + step, 16, 1024);
-            const unsigned long long db =
-                smem_desc(k_tile + (u32)((kk >> 2) * BC * 128) + step, 16, 1024);
-            wgmma_ss_n128<BF16>(s, da, db, kk > 0);
-        }
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(s);
-
-        u32 pf[NS / 2][4];
-        softmax_tile<NS, NO, BF16>(s, acc, row_max, row_sum, pf, j * BC, seq_kv, t, scale_log2);
-
-        // V[j] has landed; every warpgroup is done with V[j-1].
-        cp_async_wait<1>();
-        fence_proxy_async();
-        barrier();
-        if (j + 1 < n_tiles) load_tile_sw<BC, D>(s_v(nxt), vg, v_ss, (j + 1) * BC, seq_kv, tid);
-        cp_async_commit();
-
-        // O += P·V: B = V [keys][D] MN-major; atoms BC·128 bytes apart, 16 keys per k-step.
-        const u32 v_tile = s_v(cur);
-        wgmma_fence();
+    // O += P[j]·V[j], queued: B = V [keys][D] MN-major; atoms BC·128 bytes apart, 16 keys per
+    // k-step.
+    auto issue_values = [&](int j, const u32 (&pf)[NS / 2][4]) {
+        const u32 v_tile = s_v(j & 1);
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk) {
             const unsigned long long db =
@@ -258,9 +273,59 @@ static __device__ __forceinline__ void flash_attn_sm90(
             wgmma_rs<BF16, NO>(acc, pf[kk], db);
         }
         wgmma_commit();
-        wgmma_wait_all();
+    };
+    // V[j] and K[j+1] have landed and are visible to the tensor cores; every warpgroup is done
+    // with K[j] (S[j] was waited for) and with V[j-1] (its P·V too): K buffer j & 1 and V buffer
+    // (j+1) & 1 are free for K[j+2] and V[j+1].
+    auto tile_start = [&](int j) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        barrier();
+        if (j + 2 < n_tiles)
+            load_tile_sw<BC, D>(s_k(j & 1), kg, k_ss, (j + 2) * BC, seq_kv, tid);
+        if (j + 1 < n_tiles)
+            load_tile_sw<BC, D>(s_v((j + 1) & 1), vg, v_ss, (j + 1) * BC, seq_kv, tid);
+        cp_async_commit();
+    };
+
+    // Tile j < last: S[j+1] is queued, then P[j]·V[j]; the softmax of S[j+1] runs on the ALUs
+    // while P[j]·V[j] runs on the tensor cores, and the output is rescaled for tile j+1 once
+    // P[j]·V[j] is in. P[j] and P[j+1] live in two register sets that swap roles from tile to
+    // tile: a copy between them, or a branch between the fence and the products, would make
+    // the compiler serialize the products, hence the unrolled pairs and the peeled last tile.
+    auto step = [&](int j, u32 (&pf_cur)[NS / 2][4], u32 (&pf_next)[NS / 2][4]) {
+        tile_start(j);
+        wgmma_fence();
+        issue_scores(s, s_k((j + 1) & 1));
+        issue_values(j, pf_cur);
+        wgmma_wait<1>();  // S[j+1] is in; P[j]·V[j] may still run
+        pin(s);
+        softmax_scores<NS, BF16>(s, row_max, row_sum, pf_next, rescale, (j + 1) * BC, seq_kv, t,
+                                 scale_log2);
+        wgmma_wait<0>();
         pin(acc);
-        pin(pf);
+        pin(pf_cur);
+        rescale_rows<NO>(acc, rescale);
+    };
+    auto last = [&](int j, u32 (&pf_cur)[NS / 2][4]) {
+        tile_start(j);
+        wgmma_fence();
+        issue_values(j, pf_cur);
+        wgmma_wait<0>();
+        pin(acc);
+        pin(pf_cur);
+    };
+    u32 pf_odd[NS / 2][4];
+    int j = 0;
+    for (; j + 2 < n_tiles; j += 2) {
+        step(j, pf, pf_odd);
+        step(j + 1, pf_odd, pf);
+    }
+    if (j + 1 < n_tiles) {
+        step(j, pf, pf_odd);
+        last(j + 1, pf_odd);
+    } else {
+        last(j, pf);
     }
 
     // Normalize, stage the rows in the Q tile's place (swizzled like it: conflict-free 4-byte
@@ -275,12 +340,8 @@ static __device__ __forceinline__ void flash_attn_sm90(
         const int chunk = n, within = 4 * t;  // dims 8n + 2t, 8n + 2t + 1: bytes 4t of chunk n
         const u32 top = pack<BF16>(acc[n][0] * inv[0], acc[n][1] * inv[0]);
         const u32 bottom = pack<BF16>(acc[n][2] * inv[1], acc[n][3] * inv[1]);
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(s_q + swizzled<BR>(r0, chunk) + within),
-                     "r"(top)
-                     : "memory");
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(s_q + swizzled<BR>(r0 + 8, chunk) + within),
-                     "r"(bottom)
-                     : "memory");
+        st_shared_b32(s_q + swizzled<BR>(r0, chunk) + within, top);
+        st_shared_b32(s_q + swizzled<BR>(r0 + 8, chunk) + within, bottom);
     }
     barrier();
     constexpr int CHUNKS = D / 8;
@@ -289,16 +350,7 @@ static __device__ __forceinline__ void flash_attn_sm90(
         const int chunk = tid + i * THREADS;
         const int r = chunk / CHUNKS, c = chunk % CHUNKS;
         const int row = q0 + r;
-        u32 x0, x1, x2, x3;
-        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3)
-                     : "r"(s_q + swizzled<BR>(r, c)));
-        if (row < seq_q) {
-            u16* dst = og + (i64)row * o_ss + c * 8;
-            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(x0), "r"(x1),
-                         "r"(x2), "r"(x3)
-                         : "memory");
-        }
+        if (row < seq_q) copy_out_16(s_q + swizzled<BR>(r, c), og + (i64)row * o_ss + c * 8);
     }
 }
 

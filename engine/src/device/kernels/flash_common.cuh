@@ -52,6 +52,22 @@ template <int N> static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// 4 bytes into shared memory.
+static __device__ __forceinline__ void st_shared_b32(u32 addr, u32 value) {
+    asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(value) : "memory");
+}
+
+// 16 bytes from shared memory at `src` to global memory at `dst` (an output row's chunk).
+static __device__ __forceinline__ void copy_out_16(u32 src, u16* dst) {
+    u32 x0, x1, x2, x3;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3)
+                 : "r"(src));
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(x0), "r"(x1), "r"(x2),
+                 "r"(x3)
+                 : "memory");
+}
+
 // Two f32 -> one register of two 16-bit values, `lo` in the low half. cvt's first source goes to
 // the high half.
 template <bool BF16> static __device__ __forceinline__ u32 pack(float lo, float hi) {
@@ -80,33 +96,27 @@ static __device__ __forceinline__ float shfl_xor(float x, int mask) {
 static __device__ __forceinline__ float fmax2(float a, float b) { return a > b ? a : b; }
 
 // One key tile's online-softmax step on a warp's S accumulators (the m16n8k16 C layout, which
-// the wgmma m64nNk16 accumulators repeat per warp): `s` [NS n-tiles of 8 keys][4] is scaled into
-// log2 units and masked past `seq_kv` (the tile starts at key `kv0`), the running row maxima
-// and sums (rows g and g + 8) are updated, the output accumulators `acc` rescaled, and
-// P = 2^(s - max) packed into `pf`, the A fragments of P·V (keys 16j..16j+15 are S tiles 2j and
-// 2j + 1: a[0] = S[2j].c[0,1], a[1] = S[2j].c[2,3], a[2] = S[2j+1].c[0,1], a[3] = S[2j+1].c[2,3]).
-template <int NS, int NO, bool BF16>
-static __device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&acc)[NO][4],
-                                                    float (&row_max)[2], float (&row_sum)[2],
-                                                    u32 (&pf)[NS / 2][4], int kv0, int seq_kv,
-                                                    int t, float scale_log2) {
+// the wgmma m64nNk16 accumulators repeat per warp): the scores `s` [NS n-tiles of 8 keys][4],
+// taken in log2 units (times `scale_log2`) and masked past `seq_kv` (the tile starts at key
+// `kv0`), update the running row maxima and sums (rows g and g + 8), and P = 2^(s - max) is
+// packed into `pf`, the A fragments of P·V (keys 16j..16j+15 are S tiles 2j and 2j + 1:
+// a[0] = S[2j].c[0,1], a[1] = S[2j].c[2,3], a[2] = S[2j+1].c[0,1], a[3] = S[2j+1].c[2,3]).
+// `rescale` receives the factor the output accumulators must be multiplied by (rescale_rows)
+// before this tile's P·V. `s` is only read: the wgmma kernel overlaps this with a product, and
+// writing a product's accumulator registers meanwhile would make the compiler serialize it.
+template <int NS, bool BF16>
+static __device__ __forceinline__ void softmax_scores(const float (&s)[NS][4], float (&row_max)[2],
+                                                      float (&row_sum)[2], u32 (&pf)[NS / 2][4],
+                                                      float (&rescale)[2], int kv0, int seq_kv,
+                                                      int t, float scale_log2) {
+    const bool tail = kv0 + NS * 8 > seq_kv;
+    auto valid = [&](int n, int e) { return !tail || kv0 + n * 8 + 2 * t + (e & 1) < seq_kv; };
+    float tile_max[2] = {row_max[0], row_max[1]};
 #pragma unroll
     for (int n = 0; n < NS; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] *= scale_log2;
-    if (kv0 + NS * 8 > seq_kv) {
-#pragma unroll
-        for (int n = 0; n < NS; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                if (kv0 + n * 8 + 2 * t + (e & 1) >= seq_kv) s[n][e] = neg_inf();
-    }
-    float tile_max[2] = {row_max[0], row_max[1]};
-#pragma unroll
-    for (int n = 0; n < NS; ++n) {
-        tile_max[0] = fmax2(tile_max[0], fmax2(s[n][0], s[n][1]));
-        tile_max[1] = fmax2(tile_max[1], fmax2(s[n][2], s[n][3]));
-    }
+        for (int e = 0; e < 4; ++e)
+            if (valid(n, e)) tile_max[e >> 1] = fmax2(tile_max[e >> 1], s[n][e] * scale_log2);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         tile_max[r] = fmax2(tile_max[r], shfl_xor(tile_max[r], 1));
@@ -114,7 +124,6 @@ static __device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&a
     }
     // Every tile holds at least one real key, so tile_max is finite here and
     // ex2(-inf - finite) = 0 on the first tile.
-    float rescale[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         rescale[r] = ex2(row_max[r] - tile_max[r]);
@@ -122,21 +131,39 @@ static __device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&a
         row_sum[r] *= rescale[r];
     }
 #pragma unroll
+    for (int n = 0; n < NS; ++n) {
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            p[e] = valid(n, e) ? ex2(s[n][e] * scale_log2 - row_max[e >> 1]) : 0.f;
+        row_sum[0] += p[0] + p[1];
+        row_sum[1] += p[2] + p[3];
+        pf[n / 2][(n & 1) * 2 + 0] = pack<BF16>(p[0], p[1]);
+        pf[n / 2][(n & 1) * 2 + 1] = pack<BF16>(p[2], p[3]);
+    }
+}
+
+// Output accumulators (rows g and g + 8) times the rows' rescale factors.
+template <int NO>
+static __device__ __forceinline__ void rescale_rows(float (&acc)[NO][4], const float (&rescale)[2]) {
+#pragma unroll
     for (int n = 0; n < NO; ++n) {
         acc[n][0] *= rescale[0];
         acc[n][1] *= rescale[0];
         acc[n][2] *= rescale[1];
         acc[n][3] *= rescale[1];
     }
-#pragma unroll
-    for (int n = 0; n < NS; ++n) {
-        const float p0 = ex2(s[n][0] - row_max[0]), p1 = ex2(s[n][1] - row_max[0]);
-        const float p2 = ex2(s[n][2] - row_max[1]), p3 = ex2(s[n][3] - row_max[1]);
-        row_sum[0] += p0 + p1;
-        row_sum[1] += p2 + p3;
-        pf[n / 2][(n & 1) * 2 + 0] = pack<BF16>(p0, p1);
-        pf[n / 2][(n & 1) * 2 + 1] = pack<BF16>(p2, p3);
-    }
+}
+
+// softmax_scores, then the output rescaled at once (the kernels that wait for P·V first).
+template <int NS, int NO, bool BF16>
+static __device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&acc)[NO][4],
+                                                    float (&row_max)[2], float (&row_sum)[2],
+                                                    u32 (&pf)[NS / 2][4], int kv0, int seq_kv,
+                                                    int t, float scale_log2) {
+    float rescale[2];
+    softmax_scores<NS, BF16>(s, row_max, row_sum, pf, rescale, kv0, seq_kv, t, scale_log2);
+    rescale_rows<NO>(acc, rescale);
 }
 
 // 1 / (full row sum) for rows g and g + 8: the lane's partial sums reduced over its quad.
