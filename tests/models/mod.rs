@@ -7,6 +7,7 @@
 //! record the measured errors in each test's comment.
 mod bench;
 mod flux;
+mod linear_gelu;
 mod mixed_dtype;
 mod synth_bench;
 mod vae;

@@ -1,6 +1,8 @@
 //! `weft bench gemm`: burn-cuda's matmul against weft's cuBLASLt path ([`super::gemm`]) on the
-//! same tensors, with TFLOP/s and the largest difference between the two results. Its peer for
-//! docs/BENCHMARKS.md is tools/bench_gemm_torch.py (torch bf16 matmul, same shapes).
+//! same tensors, with TFLOP/s and the largest difference between the two results. The GELU
+//! epilogue (`gelu_tanh(x·Wᵀ + bias)`, Flux's MLP) is checked against burn's f32 matmul followed
+//! by the GELU in burn's ops, and the command fails when it is off beyond bf16 tolerance. Its
+//! peer for docs/BENCHMARKS.md is tools/bench_gemm_torch.py (torch bf16 matmul, same shapes).
 use super::layout::gemm_flops;
 use anyhow::bail;
 use clap::Args;
@@ -50,16 +52,32 @@ pub struct GemmRow {
     pub weft_synced_ms: f64,
     /// weft `x · Wᵀ + bias` with W stored [N, K] (transpose flag + bias epilogue), back to back.
     pub weft_linear_bias_ms: f64,
+    /// weft `gelu_tanh(x · Wᵀ + bias)` (GELU + bias epilogue), back to back.
+    pub weft_linear_gelu_ms: f64,
     /// max |weft − burn| over C = A·B, and max |burn| for scale.
     pub max_abs_diff: f32,
     pub max_abs_ref: f32,
     /// max |weft linear − burn's x.matmul(wᵀ) + bias|.
     pub linear_bias_max_abs_diff: f32,
+    /// max |weft's GELU epilogue − gelu_tanh(x.matmul(wᵀ) + bias)|, the reference in f32 from
+    /// the same (rounded) operands, and max |reference|.
+    pub linear_gelu_max_abs_diff: f32,
+    pub linear_gelu_max_abs_ref: f32,
+    /// NaNs in the GELU epilogue's output (a device `max` may skip them).
+    pub linear_gelu_nan_count: i64,
 }
 
 impl GemmRow {
     pub fn tflops(&self, ms: f64) -> f64 {
         gemm_flops(self.m, self.k, self.n) / (ms * 1e-3) / 1e12
+    }
+
+    /// Whether the GELU epilogue is within bf16 tolerance of its f32 reference: 2⁻⁷ of the
+    /// reference's largest value (the output's one rounding, 2⁻⁹ relative, plus the epilogue's
+    /// own tanh and the order of accumulation) and a small absolute floor. NaN fails.
+    pub fn gelu_within_tolerance(&self) -> bool {
+        self.linear_gelu_nan_count == 0
+            && self.linear_gelu_max_abs_diff <= self.linear_gelu_max_abs_ref * (1.0 / 128.0) + 1e-3
     }
 }
 
@@ -102,6 +120,11 @@ pub fn run_gemm(args: GemmArgs) -> anyhow::Result<()> {
                         "weft_linear_bias_tflops".into(),
                         r.tflops(r.weft_linear_bias_ms).into(),
                     );
+                    o.insert(
+                        "weft_linear_gelu_tflops".into(),
+                        r.tflops(r.weft_linear_gelu_ms).into(),
+                    );
+                    o.insert("gelu_ok".into(), r.gelu_within_tolerance().into());
                 }
                 v
             })
@@ -112,43 +135,72 @@ pub fn run_gemm(args: GemmArgs) -> anyhow::Result<()> {
                 &serde_json::json!({"device": args.device, "rows": rows})
             )?
         );
-        return Ok(());
+    } else {
+        print_table(&args, &rows);
     }
-    println!(
-        "GEMM on {} ({}, M x K x N, ms per product and TFLOP/s, {} iterations)",
-        args.device, args.dtype, args.iters
-    );
-    println!(
-        "{:>20} {:>16} {:>16} {:>16} {:>18} {:>12} {:>10} {:>12}",
-        "shape",
-        "burn",
-        "weft",
-        "weft synced",
-        "weft x·Wᵀ+bias",
-        "max|diff|",
-        "max|C|",
-        "lin |diff|"
-    );
-    for r in &rows {
-        let cell = |ms: f64| format!("{ms:.3} ({:.0})", r.tflops(ms));
-        println!(
-            "{:>20} {:>16} {:>16} {:>16} {:>18} {:>12.4} {:>10.2} {:>12.4}",
-            format!("{}x{}x{}", r.m, r.k, r.n),
-            cell(r.burn_ms),
-            cell(r.weft_ms),
-            cell(r.weft_synced_ms),
-            cell(r.weft_linear_bias_ms),
-            r.max_abs_diff,
-            r.max_abs_ref,
-            r.linear_bias_max_abs_diff
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.gelu_within_tolerance())
+        .map(|r| {
+            format!(
+                "{}x{}x{} (max|diff| {:.3e}, max|ref| {:.3})",
+                r.m, r.k, r.n, r.linear_gelu_max_abs_diff, r.linear_gelu_max_abs_ref
+            )
+        })
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "the GELU epilogue is off burn's reference beyond bf16 tolerance: {}",
+            bad.join(", ")
         );
     }
     Ok(())
 }
 
+fn print_table(args: &GemmArgs, rows: &[GemmRow]) {
+    println!(
+        "GEMM on {} ({}, M x K x N, ms per product and TFLOP/s, {} iterations)",
+        args.device, args.dtype, args.iters
+    );
+    println!(
+        "{:>20} {:>16} {:>16} {:>16} {:>18} {:>18} {:>12} {:>10} {:>12} {:>13}",
+        "shape",
+        "burn",
+        "weft",
+        "weft synced",
+        "weft x·Wᵀ+bias",
+        "weft gelu(x·Wᵀ+b)",
+        "max|diff|",
+        "max|C|",
+        "lin |diff|",
+        "gelu |diff|"
+    );
+    for r in rows {
+        let cell = |ms: f64| format!("{ms:.3} ({:.0})", r.tflops(ms));
+        println!(
+            "{:>20} {:>16} {:>16} {:>16} {:>18} {:>18} {:>12.4} {:>10.2} {:>12.4} {:>13}",
+            format!("{}x{}x{}", r.m, r.k, r.n),
+            cell(r.burn_ms),
+            cell(r.weft_ms),
+            cell(r.weft_synced_ms),
+            cell(r.weft_linear_bias_ms),
+            cell(r.weft_linear_gelu_ms),
+            r.max_abs_diff,
+            r.max_abs_ref,
+            r.linear_bias_max_abs_diff,
+            format!(
+                "{:.4}{}",
+                r.linear_gelu_max_abs_diff,
+                if r.gelu_within_tolerance() { "" } else { " NO" }
+            )
+        );
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::GemmRow;
+    use crate::device::activation::{Activation, gelu_tanh};
     use crate::device::gemm::CudaGemm;
     use crate::patcher::cuda::CudaBackend;
     use anyhow::{Context, bail};
@@ -203,28 +255,32 @@ mod cuda {
             let burn_ms = time_burn()?;
 
             // weft, queued back to back (outputs kept until the wait: their buffers are in use).
-            let batched =
-                |x: &T2, y: &T2, bias: Option<&Tensor<CudaBackend, 1>>| -> anyhow::Result<f64> {
-                    let run = |count: usize| -> anyhow::Result<f64> {
-                        let start = Instant::now();
-                        let mut outs = Vec::with_capacity(count);
-                        for _ in 0..count {
-                            match gemm.enqueue(x, y, bias)? {
-                                Ok(out) => outs.push(out),
-                                Err(reason) => bail!("cuBLASLt path not taken: {reason}"),
-                            }
+            let batched = |x: &T2,
+                           y: &T2,
+                           bias: Option<&Tensor<CudaBackend, 1>>,
+                           activation: Activation|
+             -> anyhow::Result<f64> {
+                let run = |count: usize| -> anyhow::Result<f64> {
+                    let start = Instant::now();
+                    let mut outs = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        match gemm.enqueue(x, y, bias, activation)? {
+                            Ok(out) => outs.push(out),
+                            Err(reason) => bail!("cuBLASLt path not taken: {reason}"),
                         }
-                        gemm.wait()?;
-                        let elapsed = start.elapsed().as_secs_f64();
-                        drop(outs);
-                        Ok(elapsed * 1e3 / count as f64)
-                    };
-                    run(3)?;
-                    run(iters)
+                    }
+                    gemm.wait()?;
+                    let elapsed = start.elapsed().as_secs_f64();
+                    drop(outs);
+                    Ok(elapsed * 1e3 / count as f64)
                 };
-            let weft_ms = batched(&a, &b, None)?;
+                run(3)?;
+                run(iters)
+            };
+            let weft_ms = batched(&a, &b, None, Activation::Identity)?;
             let wt = w.clone().transpose();
-            let weft_linear_bias_ms = batched(&a, &wt, Some(&bias))?;
+            let weft_linear_bias_ms = batched(&a, &wt, Some(&bias), Activation::Identity)?;
+            let weft_linear_gelu_ms = batched(&a, &wt, Some(&bias), Activation::GeluTanh)?;
 
             // weft's `matmul`: waits on both sides of every product.
             for _ in 0..3 {
@@ -246,6 +302,21 @@ mod cuda {
             let ours = gemm.linear(a.clone(), w.clone(), Some(bias.clone()))?;
             let linear_bias_max_abs_diff =
                 max_abs(ours.cast(DType::F32) - reference.cast(DType::F32));
+            let f32_of = |t: &T2| t.clone().cast(DType::F32);
+            let reference = gelu_tanh(
+                f32_of(&a).matmul(f32_of(&wt)) + bias.clone().cast(DType::F32).unsqueeze_dim(0),
+            );
+            let ours = gemm.linear_gelu(a.clone(), w.clone(), Some(bias.clone()))?;
+            let linear_gelu_max_abs_ref = max_abs(reference.clone());
+            let ours = ours.cast(DType::F32);
+            let linear_gelu_nan_count = ours
+                .clone()
+                .is_nan()
+                .int()
+                .sum()
+                .into_scalar()
+                .elem::<i64>();
+            let linear_gelu_max_abs_diff = max_abs(ours - reference);
             sync()?;
 
             rows.push(GemmRow {
@@ -258,9 +329,13 @@ mod cuda {
                 weft_ms,
                 weft_synced_ms,
                 weft_linear_bias_ms,
+                weft_linear_gelu_ms,
                 max_abs_diff,
                 max_abs_ref,
                 linear_bias_max_abs_diff,
+                linear_gelu_max_abs_diff,
+                linear_gelu_max_abs_ref,
+                linear_gelu_nan_count,
             });
             eprintln!("{m}x{k}x{n}: done");
         }
@@ -315,9 +390,8 @@ mod tests {
         assert_eq!(cuda_index("cpu"), None);
     }
 
-    #[test]
-    fn tflops_of_a_row() {
-        let row = GemmRow {
+    fn row(gelu_diff: f32, gelu_ref: f32) -> GemmRow {
+        GemmRow {
             m: 8192,
             k: 8192,
             n: 8192,
@@ -327,10 +401,30 @@ mod tests {
             weft_ms: 1.0,
             weft_synced_ms: 1.0,
             weft_linear_bias_ms: 1.0,
+            weft_linear_gelu_ms: 1.0,
             max_abs_diff: 0.0,
             max_abs_ref: 0.0,
             linear_bias_max_abs_diff: 0.0,
-        };
-        assert!((row.tflops(1.0) - 1099.5).abs() < 0.1);
+            linear_gelu_max_abs_diff: gelu_diff,
+            linear_gelu_max_abs_ref: gelu_ref,
+            linear_gelu_nan_count: 0,
+        }
+    }
+
+    #[test]
+    fn tflops_of_a_row() {
+        assert!((row(0.0, 0.0).tflops(1.0) - 1099.5).abs() < 0.1);
+    }
+
+    #[test]
+    fn gelu_tolerance_is_relative_to_the_reference() {
+        assert!(row(0.5, 100.0).gelu_within_tolerance());
+        assert!(!row(1.0, 100.0).gelu_within_tolerance());
+        assert!(row(5e-4, 0.0).gelu_within_tolerance());
+        assert!(!row(f32::NAN, 100.0).gelu_within_tolerance());
+        assert!(!row(0.5, f32::NAN).gelu_within_tolerance());
+        let mut nan = row(0.0, 100.0);
+        nan.linear_gelu_nan_count = 1;
+        assert!(!nan.gelu_within_tolerance());
     }
 }

@@ -115,6 +115,7 @@ fn measure(index: usize, args: &FusedArgs) -> anyhow::Result<Vec<FusedRow>> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{FusedArgs, FusedRow};
+    use crate::device::activation::gelu_tanh as gelu;
     use crate::device::fused::{CudaFused, QkvSegment};
     use crate::patcher::cuda::CudaBackend;
     use burn::tensor::backend::Backend;
@@ -157,12 +158,6 @@ mod cuda {
 
     fn f32_of<const D: usize>(t: &T<D>) -> T<D> {
         t.clone().cast(DType::F32)
-    }
-
-    fn gelu<const D: usize>(x: T<D>) -> T<D> {
-        let inner =
-            (x.clone() + x.clone() * x.clone() * x.clone() * 0.044715) * 0.797_884_560_802_865_4;
-        x * (inner.tanh() + 1.0) * 0.5
     }
 
     fn layer_norm(x: T<3>, eps: f64) -> T<3> {

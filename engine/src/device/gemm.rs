@@ -17,10 +17,16 @@
 //! BF16 weights of a CUDA load) is rounded to the right operand's type first and multiplied on
 //! its tensor cores, accumulating and writing f32 (torch's autocast does the same rounding).
 //!
+//! Epilogues: the bias and Flux's GELU (tanh; cuBLASLt's GELU epilogues compute that
+//! approximation, as PyTorch's `_addmm_activation(use_gelu=True)` relies on) are applied by the
+//! GEMM before it writes D, so `gelu_tanh(x·Wᵀ + b)` is one pass over the output instead of a
+//! product and a separate GELU kernel. Burn's fallback applies the same activation in burn's ops.
+//!
 //! Views that are not BLAS operands (broadcast or overlapping strides), dtypes cuBLASLt is not
 //! given here, or other mixes of dtypes fall back to burn's matmul.
+use super::activation::Activation;
 use super::fence;
-use super::layout::{self, LayoutError, LtProblem, View2d};
+use super::layout::{self, Epilogue, LayoutError, LtProblem, View2d};
 use crate::patcher::cuda::CudaBackend;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
@@ -69,6 +75,16 @@ fn lt_dtype(dtype: DType) -> Option<lts::cudaDataType_t> {
     }
 }
 
+fn lt_epilogue(epilogue: Epilogue) -> lts::cublasLtEpilogue_t {
+    use lts::cublasLtEpilogue_t as E;
+    match epilogue {
+        Epilogue::Plain => E::CUBLASLT_EPILOGUE_DEFAULT,
+        Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+        Epilogue::Gelu => E::CUBLASLT_EPILOGUE_GELU,
+        Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+    }
+}
+
 /// Cached per problem: descriptors and the algorithm cuBLASLt's heuristic picked.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct PlanKey {
@@ -77,7 +93,7 @@ struct PlanKey {
     dtype: i32,
     /// Output's (and bias') type.
     out: i32,
-    bias: bool,
+    epilogue: Epilogue,
     /// Alignments of first, second, D and bias pointers.
     align: [u32; 4],
 }
@@ -183,7 +199,7 @@ impl CudaGemm {
         a: Tensor<CudaBackend, 2>,
         b: Tensor<CudaBackend, 2>,
     ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
-        self.gemm(a, b, None)
+        self.gemm(a, b, None, Activation::Identity)
     }
 
     /// `x · Wᵀ (+ bias)` for a weight stored `[N, K]` (PyTorch/GGUF `[out, in]`), without copying
@@ -194,22 +210,33 @@ impl CudaGemm {
         weight: Tensor<CudaBackend, 2>,
         bias: Option<Tensor<CudaBackend, 1>>,
     ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
-        self.gemm(x, weight.transpose(), bias)
+        self.gemm(x, weight.transpose(), bias, Activation::Identity)
     }
 
-    /// `a · b (+ bias)`: the fast path or burn's matmul.
+    /// `gelu_tanh(x · Wᵀ (+ bias))`, as [`CudaGemm::linear`] with the GELU in the epilogue.
+    pub fn linear_gelu(
+        &self,
+        x: Tensor<CudaBackend, 2>,
+        weight: Tensor<CudaBackend, 2>,
+        bias: Option<Tensor<CudaBackend, 1>>,
+    ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
+        self.gemm(x, weight.transpose(), bias, Activation::GeluTanh)
+    }
+
+    /// `activation(a · b (+ bias))`: the fast path or burn's matmul.
     pub fn gemm(
         &self,
         a: Tensor<CudaBackend, 2>,
         b: Tensor<CudaBackend, 2>,
         bias: Option<Tensor<CudaBackend, 1>>,
+        activation: Activation,
     ) -> Result<Tensor<CudaBackend, 2>, GemmError> {
         layout::product_dims(a.dims(), b.dims())?;
         if let Some(bias) = &bias {
             layout::check_bias(bias.dims()[0], 1, b.dims()[1])?;
         }
         let (a, bias, out_dtype) = mixed(a, b.dtype(), bias)?;
-        match self.launch(&a, &b, bias.as_ref(), out_dtype)? {
+        match self.launch(&a, &b, bias.as_ref(), out_dtype, activation)? {
             Ok(launched) => {
                 // Burn's later work (and any reuse of the inputs' memory) follows the product;
                 // without a fence this waits on the host, and the inputs are held until then.
@@ -221,35 +248,38 @@ impl CudaGemm {
             Err(reason) => {
                 tracing::debug!("cuBLASLt path not taken ({reason}); using burn's matmul");
                 let out = a.matmul(b).cast(out_dtype);
-                Ok(match bias {
+                let out = match bias {
                     Some(bias) => out + bias.unsqueeze_dim(0),
                     None => out,
-                })
+                };
+                // The epilogue's activation too: a caller that asked for it never gets the bare
+                // product.
+                Ok(activation.apply(out))
             }
         }
     }
 
-    /// Queues `a · b (+ bias)` on cuBLASLt without waiting for it: `Ok(Err(reason))` when the
-    /// views need burn's matmul instead. The output must not be used (by burn or anyone) before
+    /// Queues `activation(a · b (+ bias))` on cuBLASLt without waiting for it: `Ok(Err(reason))`
+    /// when the views need burn's matmul instead. The output must not be used (by burn or anyone) before
     /// [`CudaGemm::wait`] returns; the inputs are kept alive until then.
     pub fn enqueue(
         &self,
         a: &Tensor<CudaBackend, 2>,
         b: &Tensor<CudaBackend, 2>,
         bias: Option<&Tensor<CudaBackend, 1>>,
+        activation: Activation,
     ) -> Result<Result<Tensor<CudaBackend, 2>, LayoutError>, GemmError> {
         let (a, bias, out_dtype) = mixed(a.clone(), b.dtype(), bias.cloned())?;
-        Ok(match self.launch(&a, b, bias.as_ref(), out_dtype)? {
-            Ok(launched) => {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                // An earlier enqueued product's ticket is superseded: releasing this one orders
-                // burn after both (same stream).
-                state.ticket = Some(launched.ticket);
-                state.pending.extend(launched.inputs);
-                Ok(launched.out)
-            }
-            Err(reason) => Err(reason),
-        })
+        let launched = match self.launch(&a, b, bias.as_ref(), out_dtype, activation)? {
+            Ok(launched) => launched,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // An earlier enqueued product's ticket is superseded: releasing this one orders burn
+        // after both (same stream).
+        state.ticket = Some(launched.ticket);
+        state.pending.extend(launched.inputs);
+        Ok(Ok(launched.out))
     }
 
     /// Waits on the host for every queued product and releases the inputs held for them.
@@ -275,6 +305,7 @@ impl CudaGemm {
         b: &Tensor<CudaBackend, 2>,
         bias: Option<&Tensor<CudaBackend, 1>>,
         out_dtype: DType,
+        activation: Activation,
     ) -> Result<Result<Launched, LayoutError>, GemmError> {
         let (ta, tb) = (primitive(a), primitive(b));
         if ta.dtype != tb.dtype {
@@ -348,7 +379,7 @@ impl CudaGemm {
             problem,
             dtype: dtype as i32,
             out: out_lt as i32,
-            bias: pbias.is_some(),
+            epilogue: Epilogue::new(pbias.is_some(), activation),
             align: [pb, pa, pc, pbias.unwrap_or(0)].map(layout::pointer_alignment),
         };
 
@@ -454,11 +485,12 @@ impl CudaGemm {
         use lts::cublasLtMatmulDescAttributes_t as D;
         set_desc(D::CUBLASLT_MATMUL_DESC_TRANSA, p.first.transpose as i32)?;
         set_desc(D::CUBLASLT_MATMUL_DESC_TRANSB, p.second.transpose as i32)?;
-        if key.bias {
-            set_desc(
-                D::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as i32,
-            )?;
+        // DEFAULT for a plain product is the attribute's own default.
+        set_desc(
+            D::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            lt_epilogue(key.epilogue) as i32,
+        )?;
+        if key.epilogue.has_bias() {
             set_desc(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, out_dtype as i32)?;
         }
         let pref = lt::create_matmul_pref().map_err(cublas_err("preference"))?;

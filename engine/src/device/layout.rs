@@ -1,6 +1,6 @@
 //! The host-side logic of the GEMM fast path (no GPU needed, unit-tested on the CPU): shape
-//! checks, how a strided 2-D tensor view maps onto a BLAS operand, and the row-major →
-//! column-major mapping cuBLASLt needs.
+//! checks, how a strided 2-D tensor view maps onto a BLAS operand, the row-major →
+//! column-major mapping cuBLASLt needs, and the epilogue a product's bias and activation ask for.
 //!
 //! burn tensors are row-major; cuBLAS(Lt) is column-major. A row-major `[r, c]` matrix with row
 //! stride `ld` *is* the column-major `[c, r]` matrix with leading dimension `ld`, i.e. its
@@ -13,6 +13,7 @@
 //! instead of being copied. Padded ("pitched") rows are fine: the real row stride becomes the
 //! leading dimension. Anything else (broadcast zero strides, both strides non-unit) is not a BLAS
 //! operand, and the caller falls back to burn's matmul.
+use super::activation::Activation;
 use thiserror::Error;
 
 /// Why the fast path cannot run a product (the caller falls back to burn, or reports the error
@@ -216,6 +217,37 @@ pub fn check_bias(len: usize, stride: usize, n: usize) -> Result<(), LayoutError
     Ok(())
 }
 
+/// What cuBLASLt does to the product before writing it: one of its epilogues, chosen by the
+/// bias and the activation. Part of a plan's identity (the descriptor carries it), so a cached
+/// plan of one epilogue never serves another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// `D = A·B`.
+    Plain,
+    /// `D = A·B + bias`.
+    Bias,
+    /// `D = gelu_tanh(A·B)`.
+    Gelu,
+    /// `D = gelu_tanh(A·B + bias)`.
+    GeluBias,
+}
+
+impl Epilogue {
+    pub fn new(bias: bool, activation: Activation) -> Self {
+        match (bias, activation) {
+            (false, Activation::Identity) => Epilogue::Plain,
+            (true, Activation::Identity) => Epilogue::Bias,
+            (false, Activation::GeluTanh) => Epilogue::Gelu,
+            (true, Activation::GeluTanh) => Epilogue::GeluBias,
+        }
+    }
+
+    /// Whether the epilogue reads a bias vector (its pointer and data type must be set).
+    pub fn has_bias(self) -> bool {
+        matches!(self, Epilogue::Bias | Epilogue::GeluBias)
+    }
+}
+
 /// The alignment (bytes, a power of two up to 256) a device address guarantees, for cuBLASLt's
 /// `MIN_ALIGNMENT_*` preferences: kernels that need more are then never picked.
 pub fn pointer_alignment(ptr: u64) -> u32 {
@@ -287,6 +319,23 @@ mod tests {
             naive(&a, av, &b, bv),
             "{av:?} · {bv:?} -> {p:?}"
         );
+    }
+
+    #[test]
+    fn epilogue_of_every_bias_and_activation() {
+        use Activation::{GeluTanh, Identity};
+        let all = [
+            (false, Identity, Epilogue::Plain),
+            (true, Identity, Epilogue::Bias),
+            (false, GeluTanh, Epilogue::Gelu),
+            (true, GeluTanh, Epilogue::GeluBias),
+        ];
+        for (bias, activation, want) in all {
+            let e = Epilogue::new(bias, activation);
+            assert_eq!(e, want);
+            // The plan sets the bias' data type (and the launch its pointer) from this.
+            assert_eq!(e.has_bias(), bias);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! dequantization, fused block kernels) directly on burn-cuda's buffers, with burn staying the tensor framework. The
 //! host-side logic lives in plain modules unit-tested on the CPU; the CUDA code is behind the
 //! `cuda` feature.
+pub mod activation;
 pub mod attention_plan;
 pub mod dequant_plan;
 pub mod fused_plan;

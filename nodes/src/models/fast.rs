@@ -3,9 +3,10 @@
 //! (`weft_engine::device::attention`, head dims 64 and 128) instead of burn's materialized
 //! softmax, and [`super::layers::Linear`] runs large products on cuBLASLt
 //! (`weft_engine::device::gemm`: the BF16 weights of a CUDA load times the activations rounded to
-//! bf16, accumulated and written in f32, bias in the epilogue; f32 weights run on TF32); any
-//! other backend, shape or failure keeps burn's path. The model code stays generic
-//! over `B`: the CUDA backend is recognised through `Any`, without `unsafe`.
+//! bf16, accumulated and written in f32, bias in the epilogue; f32 weights run on TF32), with
+//! Flux's MLP GELU in the same epilogue ([`linear_gelu`]); any other backend, shape or failure
+//! keeps burn's path. The model code stays generic over `B`: the CUDA backend is recognised
+//! through `Any`, without `unsafe`.
 //!
 //! f32 activations are rounded to bf16 for the kernel (it accumulates in f32) and the result is
 //! converted back, so outputs move by bf16 rounding (issue 6 allows bf16 tolerance on the GPU).
@@ -42,6 +43,25 @@ pub fn linear<B: Backend>(
     #[cfg(feature = "cuda")]
     {
         cuda::linear(x, weight, bias)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, weight, bias);
+        None
+    }
+}
+
+/// `gelu_tanh(x · Wᵀ (+ bias))` in one cuBLASLt product, the GELU in its epilogue, or None for
+/// the layer's own path (`gelu_tanh` of [`linear`]). Same thresholds and setting as [`linear`];
+/// few-row products return None, their path being the GEMV and then the fused GELU.
+pub fn linear_gelu<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::linear_gelu(x, weight, bias)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -199,6 +219,7 @@ mod cuda {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex, OnceLock};
+    use weft_engine::device::activation::Activation;
     use weft_engine::device::attention::CudaAttention;
     use weft_engine::device::fused::CudaFused;
     use weft_engine::device::fused_plan::FusedError;
@@ -308,6 +329,24 @@ mod cuda {
         weight: &Tensor<B, 2>,
         bias: Option<&Tensor<B, 1>>,
     ) -> Option<Tensor<B, 2>> {
+        product(x, weight, bias, Activation::Identity)
+    }
+
+    pub fn linear_gelu<B: Backend>(
+        x: &Tensor<B, 2>,
+        weight: &Tensor<B, 2>,
+        bias: Option<&Tensor<B, 1>>,
+    ) -> Option<Tensor<B, 2>> {
+        product(x, weight, bias, Activation::GeluTanh)
+    }
+
+    /// `activation(x · Wᵀ (+ bias))` on the GEMV or cuBLASLt, or None for burn's path.
+    fn product<B: Backend>(
+        x: &Tensor<B, 2>,
+        weight: &Tensor<B, 2>,
+        bias: Option<&Tensor<B, 1>>,
+        activation: Activation,
+    ) -> Option<Tensor<B, 2>> {
         if GEMM_OFF.load(Ordering::Relaxed) {
             return None;
         }
@@ -318,8 +357,13 @@ mod cuda {
         };
         let [rows, d_in] = x.dims();
         let d_out = weight.dims()[0];
-        if rows <= weft_engine::device::fused_plan::GEMV_MAX_ROWS
-            && weight.dtype() == DType::BF16
+        let gemv =
+            rows <= weft_engine::device::fused_plan::GEMV_MAX_ROWS && weight.dtype() == DType::BF16;
+        if gemv && activation != Activation::Identity {
+            // The GEMV has no epilogue: the layer's own GEMV then fused GELU is that path.
+            return None;
+        }
+        if gemv
             && let Some(y) = fused_call(Some(x.device().index), d_in * d_out, |f| {
                 let bias = bias.as_ref().map(|b| match b.dtype() == x.dtype() {
                     true => b.clone(),
@@ -345,7 +389,11 @@ mod cuda {
             _ => {}
         }
         let gemm = gemm_for(x.device().index)?;
-        match gemm.linear(x.clone(), weight.clone(), bias) {
+        let out = match activation {
+            Activation::Identity => gemm.linear(x.clone(), weight.clone(), bias),
+            Activation::GeluTanh => gemm.linear_gelu(x.clone(), weight.clone(), bias),
+        };
+        match out {
             Ok(out) => back(out),
             Err(e) => {
                 tracing::debug!("cuBLASLt path not taken ({e}); using burn's matmul");

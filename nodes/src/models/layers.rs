@@ -1,5 +1,6 @@
-//! Layers shared by the models: a linear layer in PyTorch's weight layout, conv, group/layer/RMS
-//! norms with f32 statistics, scaled dot-product attention and the sinusoidal timestep embedding.
+//! Layers shared by the models: a linear layer in PyTorch's weight layout (optionally followed by
+//! GELU), conv, group/layer/RMS norms with f32 statistics, scaled dot-product attention and the
+//! sinusoidal timestep embedding.
 //!
 //! Weights keep the layout of the checkpoints ([out, in] for linear layers, as PyTorch and GGUF
 //! store them), so loading is a reshape and never a transpose.
@@ -50,13 +51,18 @@ impl<B: Backend> Linear<B> {
         ]
     }
 
-    /// Applies the layer to the last dimension of `x`.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// `x` as one [rows, d_in] matrix over every leading dimension, and the output's dims.
+    fn rows<const D: usize>(&self, x: Tensor<B, D>) -> (Tensor<B, 2>, [usize; D]) {
         let mut dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
-        // One 2-D GEMM over every leading dimension; the transpose is a strided view.
-        let x = x.reshape([rows, self.d_in()]);
         dims[D - 1] = self.d_out();
+        (x.reshape([rows, self.d_in()]), dims)
+    }
+
+    /// Applies the layer to the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // One 2-D GEMM over every leading dimension; the transpose is a strided view.
+        let (x, dims) = self.rows(x);
         if let Some(y) = super::fast::linear(&x, &self.weight, self.bias.as_ref()) {
             return y.reshape(dims);
         }
@@ -66,6 +72,19 @@ impl<B: Backend> Linear<B> {
         if let Some(bias) = &self.bias {
             y = y + to_dtype(bias.clone().unsqueeze::<2>(), dtype);
         }
+        y.reshape(dims)
+    }
+
+    /// `gelu_tanh(self.forward(x))` (Flux's MLP up-projection). On burn-cuda a large product is
+    /// one cuBLASLt call with the GELU in its epilogue ([`super::fast::linear_gelu`]), not a
+    /// product and then a pass of the GELU kernel over its output; every other path is exactly
+    /// the two calls.
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (x, dims) = self.rows(x);
+        let y = match super::fast::linear_gelu(&x, &self.weight, self.bias.as_ref()) {
+            Some(y) => y,
+            None => gelu_tanh(self.forward(x)),
+        };
         y.reshape(dims)
     }
 }
@@ -154,15 +173,13 @@ impl<B: Backend> GroupNorm<B> {
 }
 
 /// GELU, tanh approximation (PyTorch's `approximate="tanh"`, as Flux's MLPs use):
-/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with x³ as products (burn's `powf` is slow).
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: the fused kernel on burn-cuda, else burn's ops
+/// (the engine's formula, which the GEMM's fallback and the benchmarks share).
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if let Some(y) = super::fast::gelu_tanh(&x) {
         return y;
     }
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
-    x * (inner.tanh() + 1.0) * 0.5
+    weft_engine::device::activation::gelu_tanh(x)
 }
 
 /// Layer norm over the last dimension without affine parameters (Flux's `elementwise_affine=False`).

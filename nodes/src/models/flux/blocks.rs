@@ -4,7 +4,7 @@
 use super::FluxConfig;
 use super::rope::Rope;
 use crate::models::ModelError;
-use crate::models::layers::{Linear, attention, gelu_tanh, layer_norm, rms_norm, to_dtype};
+use crate::models::layers::{Linear, attention, layer_norm, rms_norm, to_dtype};
 use crate::models::source::Weights;
 use crate::models::{fast, op};
 use burn::tensor::activation::silu;
@@ -236,8 +236,9 @@ impl<B: Backend> Stream<B> {
         let proj = op("linear proj", &x, || self.proj.forward(attn));
         let x = m1.gated(x, proj);
         let modulated = m2.modulate_norm(&x);
-        let hidden = op("linear mlp in", &x, || self.mlp_in.forward(modulated));
-        let hidden = op("gelu", &x, || gelu_tanh(hidden));
+        let hidden = op("linear mlp in + gelu", &x, || {
+            self.mlp_in.forward_gelu(modulated)
+        });
         let mlp = op("linear mlp out", &x, || self.mlp_out.forward(hidden));
         m2.gated(x, mlp)
     }
@@ -321,10 +322,9 @@ impl<B: Backend> SingleBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, vec_silu: &Tensor<B, 2>, pe: &Rope<B>) -> Tensor<B, 3> {
         let m = mods(&modulation(&self.modulation, vec_silu, 3, x.dtype()));
         let modulated = m.modulate_norm(&x);
-        let hidden = op("linear mlp in", &x, || {
-            self.mlp_in.forward(modulated.clone())
+        let mlp = op("linear mlp in + gelu", &x, || {
+            self.mlp_in.forward_gelu(modulated.clone())
         });
-        let mlp = op("gelu", &x, || gelu_tanh(hidden));
         let qkv = op("linear qkv", &x, || self.qkv.forward(modulated));
         let [q, k, v] = heads_qkv(vec![(qkv, &self.norm)], self.heads, pe);
         let attn = attention_merged(q, k, v);
