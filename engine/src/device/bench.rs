@@ -198,7 +198,7 @@ fn print_table(args: &GemmArgs, rows: &[GemmRow]) {
 }
 
 #[cfg(feature = "cuda")]
-mod cuda {
+pub(crate) mod cuda {
     use super::GemmRow;
     use crate::device::activation::{Activation, gelu_tanh};
     use crate::device::gemm::CudaGemm;
@@ -210,8 +210,14 @@ mod cuda {
 
     type T2 = Tensor<CudaBackend, 2>;
 
-    fn max_abs<const D: usize>(x: Tensor<CudaBackend, D>) -> f32 {
+    /// The largest |x| (for the benches' error checks).
+    pub(crate) fn max_abs<const D: usize>(x: Tensor<CudaBackend, D>) -> f32 {
         x.cast(DType::F32).abs().max().into_scalar().elem::<f32>()
+    }
+
+    /// How many elements of `x` are NaN.
+    pub(crate) fn nan_count<const D: usize>(x: &Tensor<CudaBackend, D>) -> i64 {
+        x.clone().is_nan().int().sum().into_scalar().elem::<i64>()
     }
 
     pub fn measure(
@@ -309,13 +315,7 @@ mod cuda {
             let ours = gemm.linear_gelu(a.clone(), w.clone(), Some(bias.clone()))?;
             let linear_gelu_max_abs_ref = max_abs(reference.clone());
             let ours = ours.cast(DType::F32);
-            let linear_gelu_nan_count = ours
-                .clone()
-                .is_nan()
-                .int()
-                .sum()
-                .into_scalar()
-                .elem::<i64>();
+            let linear_gelu_nan_count = nan_count(&ours);
             let linear_gelu_max_abs_diff = max_abs(ours - reference);
             sync()?;
 

@@ -218,6 +218,7 @@ pub fn run_attention(args: AttentionArgs) -> anyhow::Result<()> {
 mod cuda {
     use super::AttentionRow;
     use crate::device::attention::CudaAttention;
+    use crate::device::bench::cuda::{max_abs, nan_count};
     use crate::patcher::cuda::CudaBackend;
     use anyhow::Context;
     use burn::tensor::activation::softmax;
@@ -226,10 +227,6 @@ mod cuda {
     use std::time::Instant;
 
     type T4 = Tensor<CudaBackend, 4>;
-
-    fn max_abs(x: T4) -> f32 {
-        x.cast(DType::F32).abs().max().into_scalar().elem::<f32>()
-    }
 
     /// burn's attention as nodes/src/models/layers.rs runs it: products in the input dtype,
     /// softmax in f32.
@@ -298,13 +295,7 @@ mod cuda {
             let ours = attention.attention(q.clone(), k.clone(), v.clone(), scale)?;
             let max_abs_ref = max_abs(reference.clone());
             let ours = ours.cast(DType::F32);
-            let weft_nan_count = ours
-                .clone()
-                .is_nan()
-                .int()
-                .sum()
-                .into_scalar()
-                .elem::<i64>();
+            let weft_nan_count = nan_count(&ours);
             let weft_max_abs_err = max_abs(ours - reference.clone());
             let burn_max_abs_err = if with_burn {
                 let theirs = burn_attention(q.clone(), k.clone(), v.clone(), scale);

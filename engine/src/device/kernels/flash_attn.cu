@@ -87,24 +87,12 @@ static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32
     }
 }
 
-// Copies rows [row0, row0 + ROWS) of a [seq, D] matrix (row stride `stride` elements, unit
-// column stride) into shared memory at `dst` (row stride LD elements). Rows at or past `seq`
-// are zero-filled without reading global memory (the address is clamped to row 0 anyway).
+// A K/V (or Q) tile: rows padded to LD = D + 8 elements (see the header).
 template <int ROWS, int D>
 static __device__ __forceinline__ void load_tile(u32 dst, const u16* src, i64 stride, int row0,
                                                  int seq, int tid) {
-    constexpr int LD = D + 8;
-    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
-    static_assert((ROWS * CHUNKS) % THREADS == 0, "tile chunks must divide among the threads");
-#pragma unroll
-    for (int i = 0; i < ROWS * CHUNKS / THREADS; ++i) {
-        const int chunk = tid + i * THREADS;
-        const int r = chunk / CHUNKS, c = chunk % CHUNKS;
-        const int row = row0 + r;
-        const bool valid = row < seq;
-        const u16* p = src + (valid ? (i64)row * stride : (i64)0) + c * 8;
-        cp_async_16(dst + (u32)((r * LD + c * 8) * 2), p, valid ? 16u : 0u);
-    }
+    load_rows<ROWS, D, THREADS>(dst, src, stride, row0, seq, tid,
+                                [](int r, int c) { return (u32)((r * (D + 8) + c * 8) * 2); });
 }
 
 template <int D, bool BF16>

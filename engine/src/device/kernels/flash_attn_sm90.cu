@@ -53,22 +53,12 @@ static __device__ __forceinline__ u32 swizzled(int row, int chunk) {
     return (u32)((chunk >> 3) * R * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-// Copies rows [row0, row0 + ROWS) of a [seq, D] matrix (row stride `stride` elements) into the
-// swizzled tile at `dst`; rows at or past `seq` are zero-filled without reading global memory.
+// A K/V (or Q) tile in the swizzled layout.
 template <int ROWS, int D>
 static __device__ __forceinline__ void load_tile_sw(u32 dst, const u16* src, i64 stride, int row0,
                                                     int seq, int tid) {
-    constexpr int CHUNKS = D / 8;
-    static_assert((ROWS * CHUNKS) % THREADS == 0, "tile chunks must divide among the threads");
-#pragma unroll
-    for (int i = 0; i < ROWS * CHUNKS / THREADS; ++i) {
-        const int chunk = tid + i * THREADS;
-        const int r = chunk / CHUNKS, c = chunk % CHUNKS;
-        const int row = row0 + r;
-        const bool valid = row < seq;
-        const u16* p = src + (valid ? (i64)row * stride : (i64)0) + c * 8;
-        cp_async_16(dst + swizzled<ROWS>(r, c), p, valid ? 16u : 0u);
-    }
+    load_rows<ROWS, D, THREADS>(dst, src, stride, row0, seq, tid,
+                                [](int r, int c) { return swizzled<ROWS>(r, c); });
 }
 
 // A shared-memory matrix descriptor with 128-byte swizzle (layout type 1 in bits 62-63).

@@ -52,6 +52,26 @@ template <int N> static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// Copies rows [row0, row0 + ROWS) of a [seq, D] matrix (row stride `stride` elements, unit
+// column stride) into shared memory at `dst`, 16-byte chunk c of tile row r at byte offset
+// place(r, c); NTHREADS threads share the chunks. Rows at or past `seq` are zero-filled without
+// reading global memory (the address is clamped to row 0 anyway).
+template <int ROWS, int D, int NTHREADS, class Place>
+static __device__ __forceinline__ void load_rows(u32 dst, const u16* src, i64 stride, int row0,
+                                                 int seq, int tid, Place place) {
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+    static_assert((ROWS * CHUNKS) % NTHREADS == 0, "tile chunks must divide among the threads");
+#pragma unroll
+    for (int i = 0; i < ROWS * CHUNKS / NTHREADS; ++i) {
+        const int chunk = tid + i * NTHREADS;
+        const int r = chunk / CHUNKS, c = chunk % CHUNKS;
+        const int row = row0 + r;
+        const bool valid = row < seq;
+        const u16* p = src + (valid ? (i64)row * stride : (i64)0) + c * 8;
+        cp_async_16(dst + place(r, c), p, valid ? 16u : 0u);
+    }
+}
+
 // 4 bytes into shared memory.
 static __device__ __forceinline__ void st_shared_b32(u32 addr, u32 value) {
     asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(value) : "memory");
