@@ -11,6 +11,17 @@
 use burn::tensor::DType;
 use thiserror::Error;
 
+/// The mma.sync kernel's source, compiled at run time (`attention.rs`).
+pub const FLASH_ATTN_CU: &str = concat!(
+    include_str!("kernels/flash_common.cuh"),
+    include_str!("kernels/flash_attn.cu")
+);
+/// The wgmma kernel's source (sm_90a), compiled at run time.
+pub const FLASH_ATTN_SM90_CU: &str = concat!(
+    include_str!("kernels/flash_common.cuh"),
+    include_str!("kernels/flash_attn_sm90.cu")
+);
+
 /// Query rows per CTA (both kernels: 8 warps × 16 rows, or 2 warpgroups × 64 rows).
 pub const BLOCK_Q: usize = 128;
 /// Threads per CTA.
@@ -79,7 +90,7 @@ impl FlashKernel {
         match self {
             FlashKernel::Mma => Ok(format!("sm_{major}{minor}")),
             FlashKernel::Wgmma if (major, minor) == (9, 0) => Ok("sm_90a".to_string()),
-            FlashKernel::Wgmma => Err(AttentionPlanError::ComputeCapability { major, minor }),
+            FlashKernel::Wgmma => Err(AttentionPlanError::NotHopper { major, minor }),
         }
     }
 
@@ -149,6 +160,8 @@ pub enum AttentionPlanError {
     Scale(f32),
     #[error("compute capability {major}.{minor}: the flash kernel needs 8.0 or newer")]
     ComputeCapability { major: i32, minor: i32 },
+    #[error("compute capability {major}.{minor}: the wgmma flash kernel runs on 9.0 only")]
+    NotHopper { major: i32, minor: i32 },
 }
 
 /// The element types the kernel is instantiated for.
@@ -372,6 +385,65 @@ pub fn attention_flops(b: usize, h: usize, seq_q: usize, seq_kv: usize, d: usize
     4.0 * b as f64 * h as f64 * seq_q as f64 * seq_kv as f64 * d as f64
 }
 
+/// The problems a new kernel must get right before it is used (`CudaAttention::new`), as
+/// (dtype, head dim, query length, key length), two heads each: one, two and several key tiles of
+/// either kernel, partial tiles, and query and key lengths that differ.
+pub fn self_test_problems() -> Vec<(AttnDType, usize, usize, usize)> {
+    let mut problems = Vec::new();
+    for dtype in [AttnDType::Bf16, AttnDType::F16] {
+        for d in HEAD_DIMS {
+            for (seq_q, seq_kv) in [(300, 300), (200, 50), (130, 100), (70, 150)] {
+                problems.push((dtype, d, seq_q, seq_kv));
+            }
+        }
+    }
+    problems
+}
+
+/// `count` deterministic values in [-2, 2) (a xorshift sequence from `seed`), rounded to
+/// `dtype`, as 16-bit patterns.
+pub fn test_values(dtype: AttnDType, count: usize, seed: u64) -> Vec<u16> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = 4.0 * ((state >> 40) as f32 / (1u64 << 24) as f32) - 2.0;
+            match dtype {
+                AttnDType::Bf16 => half::bf16::from_f32(x).to_bits(),
+                AttnDType::F16 => half::f16::from_f32(x).to_bits(),
+            }
+        })
+        .collect()
+}
+
+/// A 16-bit pattern of `dtype` as f32.
+pub fn bits_to_f32(dtype: AttnDType, bits: u16) -> f32 {
+    match dtype {
+        AttnDType::Bf16 => half::bf16::from_bits(bits).to_f32(),
+        AttnDType::F16 => half::f16::from_bits(bits).to_f32(),
+    }
+}
+
+/// The largest |out − reference| over a kernel's output (16-bit patterns of `dtype`); infinite
+/// when any output is NaN or the lengths differ.
+pub fn max_difference(dtype: AttnDType, out: &[u16], reference: &[f32]) -> f32 {
+    if out.len() != reference.len() {
+        return f32::INFINITY;
+    }
+    out.iter()
+        .zip(reference)
+        .map(|(&o, &r)| (bits_to_f32(dtype, o) - r).abs())
+        .fold(0.0, |worst, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                worst.max(d)
+            }
+        })
+}
+
 /// `softmax(q·kᵀ·scale)·v` in f32 (f64 accumulation) on dense `[B, H, S, D]` buffers: the
 /// reference for checks. `None` when the buffer lengths do not match the sizes.
 pub fn reference_attention(
@@ -574,7 +646,10 @@ mod tests {
         assert!(FlashKernel::Mma.nvrtc_arch(7, 5).is_err());
         // wgmma needs the architecture-specific sm_90a target and exists on sm_90 alone.
         assert_eq!(FlashKernel::Wgmma.nvrtc_arch(9, 0).unwrap(), "sm_90a");
-        assert!(FlashKernel::Wgmma.nvrtc_arch(8, 9).is_err());
+        assert_eq!(
+            FlashKernel::Wgmma.nvrtc_arch(8, 9),
+            Err(AttentionPlanError::NotHopper { major: 8, minor: 9 })
+        );
         assert!(FlashKernel::Wgmma.nvrtc_arch(10, 0).is_err());
     }
 
@@ -592,6 +667,83 @@ mod tests {
             FlashKernel::Mma
         );
         assert_eq!(FlashKernel::for_device(12, 0, None), FlashKernel::Mma);
+    }
+
+    #[test]
+    fn self_test_covers_both_dtypes_and_tile_counts() {
+        let problems = self_test_problems();
+        for dtype in [AttnDType::Bf16, AttnDType::F16] {
+            for d in HEAD_DIMS {
+                assert!(problems.contains(&(dtype, d, 200, 50)));
+            }
+        }
+        // One, two and more key tiles of each kernel; partial query and key tiles.
+        for kernel in [FlashKernel::Mma, FlashKernel::Wgmma] {
+            let tiles: Vec<_> = problems
+                .iter()
+                .map(|p| p.3.div_ceil(kernel.block_kv()))
+                .collect();
+            assert!(tiles.contains(&1) && tiles.contains(&2) && tiles.iter().any(|&t| t > 2));
+            assert!(problems.iter().all(|p| p.3 % kernel.block_kv() != 0));
+        }
+        assert!(problems.iter().any(|p| p.2 < p.3) && problems.iter().any(|p| p.2 > p.3));
+    }
+
+    #[test]
+    fn self_test_values_and_difference() {
+        let bf = test_values(AttnDType::Bf16, 1000, 1);
+        assert_eq!(bf, test_values(AttnDType::Bf16, 1000, 1));
+        assert_ne!(bf, test_values(AttnDType::Bf16, 1000, 2));
+        let as_f32: Vec<f32> = bf
+            .iter()
+            .map(|&b| bits_to_f32(AttnDType::Bf16, b))
+            .collect();
+        assert!(as_f32.iter().all(|x| (-2.0..=2.0).contains(x)));
+        assert!(as_f32.iter().any(|&x| x < -1.0) && as_f32.iter().any(|&x| x > 1.0));
+        let h = test_values(AttnDType::F16, 4, 1);
+        assert_eq!(h.len(), 4);
+        assert!((bits_to_f32(AttnDType::F16, h[0]) - as_f32[0]).abs() < 1e-2);
+        // Exact output: no difference; one value off by 0.5; a NaN; a length mismatch.
+        assert_eq!(max_difference(AttnDType::Bf16, &bf, &as_f32), 0.0);
+        let mut shifted = as_f32.clone();
+        shifted[7] += 0.5;
+        assert!((max_difference(AttnDType::Bf16, &bf, &shifted) - 0.5).abs() < 1e-6);
+        let mut broken = bf.clone();
+        broken[3] = half::bf16::NAN.to_bits();
+        assert_eq!(
+            max_difference(AttnDType::Bf16, &broken, &as_f32),
+            f32::INFINITY
+        );
+        assert_eq!(
+            max_difference(AttnDType::Bf16, &bf[1..], &as_f32),
+            f32::INFINITY
+        );
+    }
+
+    /// The tile sizes the host plans with are the ones the kernel sources are compiled with.
+    #[test]
+    fn plan_tiles_match_the_kernel_sources() {
+        for (kernel, source) in [
+            (FlashKernel::Mma, FLASH_ATTN_CU),
+            (FlashKernel::Wgmma, FLASH_ATTN_SM90_CU),
+        ] {
+            let defined = |name: &str| {
+                source
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            };
+            assert_eq!(defined("BR"), Some(BLOCK_Q), "{kernel:?}");
+            assert_eq!(defined("BC"), Some(kernel.block_kv()), "{kernel:?}");
+            let threads = defined("THREADS").or_else(|| defined("WARPS").map(|w| w * 32));
+            assert_eq!(threads, Some(THREADS as usize), "{kernel:?}");
+            // Every entry point the host loads is instantiated with its head dim and dtype.
+            for (name, d) in kernel.kernels() {
+                let bf16 = name.contains("bf16");
+                let entry = format!("_ENTRY({name}, {d}, {bf16})");
+                assert!(source.contains(&entry), "{kernel:?}: {entry} missing");
+            }
+        }
     }
 
     #[test]

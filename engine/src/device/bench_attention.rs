@@ -223,7 +223,7 @@ mod cuda {
     use anyhow::Context;
     use burn::tensor::activation::softmax;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
+    use burn::tensor::{DType, Distribution, Tensor};
     use std::time::Instant;
 
     type T4 = Tensor<CudaBackend, 4>;

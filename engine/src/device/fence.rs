@@ -341,3 +341,21 @@ pub fn after(ticket: Ticket, stream: &CudaStream) -> Result<(), FenceError> {
         Ticket::Host => host_wait(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles the fence kernels as `StreamFence` does. Needs libnvrtc (no GPU):
+    /// `cargo test -p weft-engine --features cuda nvrtc -- --ignored`.
+    #[test]
+    #[ignore = "needs libnvrtc"]
+    fn nvrtc_compiles_the_fence_kernels() {
+        let text = super::super::nvrtc::compile("fence.cu", FENCE_CU, "sm_80", &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_src();
+        for name in ["weft_fence_wait", "weft_fence_signal"] {
+            assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
+        }
+    }
+}

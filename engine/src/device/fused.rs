@@ -491,3 +491,24 @@ fn operand<const D: usize>(
         ptr,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles `fused.cu` as `CudaFused` does and checks every entry point is there. Needs
+    /// libnvrtc (no GPU): `cargo test -p weft-engine --features cuda nvrtc -- --ignored`.
+    #[test]
+    #[ignore = "needs libnvrtc"]
+    fn nvrtc_compiles_the_fused_kernels() {
+        for arch in ["sm_80", "sm_90"] {
+            let text = ptx_for(arch).unwrap_or_else(|e| panic!("{e}")).to_src();
+            for name in fused_plan::all_kernels() {
+                assert!(
+                    text.contains(&format!(".entry {name}(")),
+                    "{arch}: {name} missing"
+                );
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@
 // and per tile j, in this order: S[j+1] and P[j]·V[j] are queued; once S[j+1] is in, its online
 // softmax (flash_common.cuh) runs on the ALUs while P[j]·V[j] still runs on the tensor cores;
 // then the output is rescaled for tile j+1. BC = 96 keeps the S accumulators, two sets of P
-// fragments and the output accumulators within 255 registers (128 spills for D = 128).
+// fragments and the output accumulators within 255 registers (BC = 128 spills for D = 128).
 //
 // Shared-memory layout: wgmma's 128-byte swizzle. A tile of R rows × D is stored as D/64 column
 // blocks ("atoms") of R rows × 128 bytes (64 elements); the 16-byte chunk c of row r sits at
