@@ -5,8 +5,8 @@
 //! Which runs: [`FlashKernel::for_device`] (wgmma on sm_90 unless `WEFT_FLASH_KERNEL=mma`). The
 //! wgmma kernel must first match an f32 reference computed on the host on small problems off its
 //! tile sizes, both dtypes and head dims ([`attention_plan::self_test_problems`], run by
-//! [`CudaAttention::new`]); if it cannot be built or is off, the mma kernel runs and a warning
-//! says why.
+//! [`CudaAttention::new`]); if it cannot be built, the mma kernel runs, and if it is off for a
+//! dtype, the mma kernel runs for that dtype; a warning says why.
 //!
 //! burn-cuda 0.21's attention takes 7.3 ms (f16) / 78.5 ms (bf16) for Flux's 1×24×4608×128 on
 //! the H100 where torch's SDPA takes 0.40 ms (issue 6); this is the fast path, measured by
@@ -86,8 +86,9 @@ pub struct CudaAttention {
     device: CudaDevice,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// The kernel this instance runs.
-    kernel: FlashKernel,
+    /// The kernel this instance runs for bf16 and for f16 inputs (each dtype's wgmma
+    /// instantiations are used only if they passed the self-test).
+    kernels: [FlashKernel; 2],
     /// Entry point name → function, for every loaded kernel (the modules stay loaded while these
     /// live).
     functions: HashMap<&'static str, CudaFunction>,
@@ -122,7 +123,7 @@ impl CudaAttention {
             device: CudaDevice { index },
             context,
             stream,
-            kernel: FlashKernel::Mma,
+            kernels: [FlashKernel::Mma; 2],
             functions,
             launch: Mutex::new(()),
         };
@@ -142,13 +143,21 @@ impl CudaAttention {
                 allowed,
                 &mut attention.functions,
             )
-            .and_then(|()| attention.wgmma_difference());
+            .and_then(|()| attention.wgmma_differences());
             match checked {
-                Ok(diff) if diff <= SELF_TEST_TOLERANCE => attention.kernel = FlashKernel::Wgmma,
-                Ok(diff) => tracing::warn!(
-                    "the wgmma flash kernel is off the reference by {diff} (tolerance \
-                     {SELF_TEST_TOLERANCE}); using the mma kernel"
-                ),
+                Ok(worst) => {
+                    for (slot, (dtype, diff)) in attention.kernels.iter_mut().zip(worst) {
+                        if diff <= SELF_TEST_TOLERANCE {
+                            *slot = FlashKernel::Wgmma;
+                        } else {
+                            tracing::warn!(
+                                "the wgmma flash kernel is off the reference by {diff} for {} \
+                                 (tolerance {SELF_TEST_TOLERANCE}); using the mma kernel for it",
+                                dtype.name()
+                            );
+                        }
+                    }
+                }
                 Err(e) => {
                     // A fault in the kernel would poison the context burn shares: then there is
                     // no kernel to fall back to, and the error is the device's.
@@ -161,23 +170,24 @@ impl CudaAttention {
             }
         }
         tracing::debug!(
-            "flash attention on cuda:{index}: {} kernel",
-            attention.kernel.name()
+            "flash attention on cuda:{index}: {} kernel for bf16, {} for f16",
+            attention.kernels[0].name(),
+            attention.kernels[1].name()
         );
         Ok(attention)
     }
 
-    /// The kernel this instance runs.
-    pub fn kernel(&self) -> FlashKernel {
-        self.kernel
+    /// The kernel this instance runs for inputs of `dtype`.
+    pub fn kernel(&self, dtype: AttnDType) -> FlashKernel {
+        self.kernels[dtype_slot(dtype)]
     }
 
     /// Runs the wgmma kernel on [`attention_plan::self_test_problems`] (fixed pseudo-random
-    /// inputs) and returns its largest difference to the f32 reference computed here on the
-    /// host (infinite for a NaN).
-    fn wgmma_difference(&self) -> Result<f32, AttentionError> {
+    /// inputs) and returns, for bf16 and for f16, its largest difference to the f32 reference
+    /// computed here on the host (infinite for a NaN).
+    fn wgmma_differences(&self) -> Result<[(AttnDType, f32); 2], AttentionError> {
         let heads = 2usize;
-        let mut worst = 0.0f32;
+        let mut worst = [(AttnDType::Bf16, 0.0f32), (AttnDType::F16, 0.0f32)];
         for (dtype, head_dim, seq_q, seq_kv) in attention_plan::self_test_problems() {
             let (n_q, n_kv) = (heads * seq_q * head_dim, heads * seq_kv * head_dim);
             let seed = (head_dim * 1_000_003 + seq_q * 1009 + seq_kv) as u64;
@@ -235,7 +245,8 @@ impl CudaAttention {
                 .stream
                 .clone_dtoh(&out)
                 .map_err(driver_err("self-test download"))?;
-            worst = worst.max(attention_plan::max_difference(dtype, &result, &reference));
+            let slot = &mut worst[dtype_slot(dtype)].1;
+            *slot = slot.max(attention_plan::max_difference(dtype, &result, &reference));
         }
         Ok(worst)
     }
@@ -401,7 +412,8 @@ impl CudaAttention {
             scale_log2,
             ..
         } = call;
-        self.launch_raw(self.kernel, problem, *pointers, *out_strides, *scale_log2)
+        let kernel = self.kernel(problem.dtype);
+        self.launch_raw(kernel, problem, *pointers, *out_strides, *scale_log2)
     }
 
     /// Queues `kernel` on `problem` with the device pointers of q, k, v and the output, whose
@@ -452,6 +464,14 @@ impl CudaAttention {
         // in `load_kernel`.
         unsafe { args.launch(config) }.map_err(driver_err("launching the flash kernel"))?;
         Ok(())
+    }
+}
+
+/// The index of `dtype` in [`CudaAttention`]'s per-dtype kernel choice.
+fn dtype_slot(dtype: AttnDType) -> usize {
+    match dtype {
+        AttnDType::Bf16 => 0,
+        AttnDType::F16 => 1,
     }
 }
 

@@ -218,6 +218,7 @@ pub fn run_attention(args: AttentionArgs) -> anyhow::Result<()> {
 mod cuda {
     use super::AttentionRow;
     use crate::device::attention::CudaAttention;
+    use crate::device::attention_plan::AttnDType;
     use crate::device::bench::cuda::{max_abs, nan_count};
     use crate::patcher::cuda::CudaBackend;
     use anyhow::Context;
@@ -256,7 +257,10 @@ mod cuda {
             DType::BF16
         };
         let attention = CudaAttention::new(index).with_context(|| format!("cuda:{index}"))?;
-        eprintln!("flash kernel: {}", attention.kernel().name());
+        eprintln!(
+            "flash kernel: {}",
+            attention.kernel(AttnDType::from_burn(dt)?).name()
+        );
         let dev = attention.device().clone();
         let sync = || CudaBackend::sync(&dev).map_err(|e| anyhow::anyhow!("sync: {e:?}"));
         let mut rows = Vec::new();
