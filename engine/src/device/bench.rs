@@ -72,12 +72,15 @@ impl GemmRow {
         gemm_flops(self.m, self.k, self.n) / (ms * 1e-3) / 1e12
     }
 
-    /// Whether the GELU epilogue is within bf16 tolerance of its f32 reference: 2⁻⁷ of the
-    /// reference's largest value (the output's one rounding, 2⁻⁹ relative, plus the epilogue's
-    /// own tanh and the order of accumulation) and a small absolute floor. NaN fails.
+    /// Whether the GELU epilogue is within bf16 tolerance of its f32 reference (the rule of
+    /// `weft bench fused`: the output's one rounding, the epilogue's own tanh and the order of
+    /// accumulation stay well inside it). NaN fails.
     pub fn gelu_within_tolerance(&self) -> bool {
         self.linear_gelu_nan_count == 0
-            && self.linear_gelu_max_abs_diff <= self.linear_gelu_max_abs_ref * (1.0 / 128.0) + 1e-3
+            && super::bench_fused::within_bf16_tolerance(
+                self.linear_gelu_max_abs_diff,
+                self.linear_gelu_max_abs_ref,
+            )
     }
 }
 

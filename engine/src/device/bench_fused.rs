@@ -42,11 +42,17 @@ pub struct FusedRow {
     pub max_abs_ref: f32,
 }
 
+/// Whether a bf16 result is within tolerance of its f32 reference: `max_abs_diff` at most 2⁻⁷ of
+/// the reference's largest value `max_abs_ref` (two bf16 roundings of the largest magnitude) plus
+/// a small absolute floor. NaN fails. The rule of `weft bench fused` and of the GEMM epilogue.
+pub fn within_bf16_tolerance(max_abs_diff: f32, max_abs_ref: f32) -> bool {
+    max_abs_diff <= max_abs_ref * (1.0 / 128.0) + 1e-3
+}
+
 impl FusedRow {
-    /// Whether the fused result is within bf16 tolerance of the reference: 2⁻⁷ of its largest
-    /// value (two bf16 roundings of the largest magnitude) plus a small absolute floor.
+    /// Whether the fused result is within bf16 tolerance of the reference.
     pub fn within_tolerance(&self) -> bool {
-        self.max_abs_diff <= self.max_abs_ref * (1.0 / 128.0) + 1e-3
+        within_bf16_tolerance(self.max_abs_diff, self.max_abs_ref)
     }
 }
 
