@@ -1,6 +1,7 @@
 //! weft's integration tests: one binary, one module per topic (ripgrep style).
 mod formats;
 mod graph;
+mod layout;
 mod memory;
 mod models;
 mod pipeline;

@@ -3,7 +3,7 @@
 
     python3 tools/check_dequant_kernels_host.py [--seed N]
 
-Compiles engine/src/device/kernels/dequant.cu with g++ as plain C++ (the CUDA built-ins it uses
+Compiles engine/cuda/src/kernels/dequant.cu with g++ as plain C++ (the CUDA built-ins it uses
 are defined below; its two hardware f16 conversions fall back to _Float16, the __f*_rn
 intrinsics to plain f32 operations with -ffp-contract=off), runs every kernel in one emulated
 thread on random blocks (finite f16 scales), and compares every output bit pattern with gguf-py's

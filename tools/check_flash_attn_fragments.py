@@ -1,4 +1,4 @@
-"""Lane-level CPU simulation of engine/src/device/kernels/flash_attn.cu (no GPU needed).
+"""Lane-level CPU simulation of engine/cuda/src/kernels/flash_attn.cu (no GPU needed).
 
     python3 tools/check_flash_attn_fragments.py          # numpy; exits non-zero on a mismatch
 

@@ -1,4 +1,4 @@
-"""Checks engine/src/device/kernels/flash_attn_sm90.cu against torch on a Hopper GPU, outside weft.
+"""Checks engine/cuda/src/kernels/flash_attn_sm90.cu against torch on a Hopper GPU, outside weft.
 
     python3 tools/check_flash_sm90.py [--source FILE] [--block-kv 96] [--iters 20]
 
@@ -8,7 +8,7 @@ compares with an f32 reference computed by torch from the same rounded inputs; t
 and torch's SDPA with CUDA events. Exits non-zero when any shape is off by more than 2e-2 of
 the largest reference value. `--source` runs another copy of the kernel (for trying a change
 without rebuilding weft); `--block-kv` compiles it for another key-tile size (its BC macro; weft
-builds the default, FlashKernel::block_kv in engine/src/device/attention_plan.rs).
+builds the default, FlashKernel::block_kv in engine/cuda/src/attention_plan.rs).
 """
 import argparse
 import pathlib
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-KERNELS = ROOT / "engine/src/device/kernels"
+KERNELS = ROOT / "engine/cuda/src/kernels"
 SHAPES = [(1, 2, 300, 128), (1, 2, 300, 64), (2, 3, 1000, 128), (1, 24, 4608, 128), (1, 24, 4608, 64)]
 
 

@@ -11,7 +11,7 @@ Requirements (written against): torch 2.15 (CPU), transformers 5.24, tokenizers 
 sentencepiece 0.2.3 (protobuf for its model proto), gguf 0.19.0, numpy, safetensors.
 Every output is seeded; re-running rewrites the same values.
 
-Vocabularies (shipped as data in nodes/data, read here from there):
+Vocabularies (shipped as data in nodes/models/data, read here from there):
 - `bpe_simple_vocab_16e6.txt.gz`: OpenAI's CLIP BPE merges, copied from the PyPI wheel
   open_clip_torch 3.3.0 (`open_clip/bpe_simple_vocab_16e6.txt.gz`, MIT). The Hugging Face files are
   derived from it as OpenAI's `SimpleTokenizer` does: merges = lines[1 : 49152-256-2+1] (48894);

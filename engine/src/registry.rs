@@ -3,7 +3,7 @@
 //!
 //! # A plugin's life
 //!
-//! A binary names its plugins once, `weft_engine::cli::main_with((weft_nodes::Builtin, MyPlugin))`.
+//! A binary names its plugins once, `weft::main_with((weft_nodes::Builtin, MyPlugin))`.
 //! The CLI picks the backend, creates an empty [`NodeRegistry`] and calls each plugin's
 //! [`Plugin::build`], in order. `build` registers node types (and plugin-defined port types); the
 //! registry asks each node for its schema and records conflicts — a type name registered twice, a

@@ -7,18 +7,14 @@
 use burn::tensor::backend::Backend;
 use weft_engine::registry::{NodeRegistry, Plugin};
 
-pub mod bench;
 pub mod conditioning;
 pub mod image;
 pub mod image_io;
 pub mod latent;
 pub mod loaders;
-pub mod models;
 pub mod offload;
 pub mod primitive;
 pub mod sampler;
-pub mod sampling;
-pub mod text;
 pub mod text_nodes;
 pub mod vae_nodes;
 

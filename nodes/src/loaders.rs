@@ -5,11 +5,6 @@
 //! Loading a file maps it and reads its header; nothing is uploaded until a node runs the model
 //! (`with_model_loaded`), which builds the network from the patcher's weights
 //! ([`PatcherSource`]), so LoRA patches, offload and reload all apply.
-use crate::models::flux::{self, FluxConfig};
-use crate::models::patcher_source::PatcherSource;
-use crate::models::vae::VaeConfig;
-use crate::models::{LatentFormat, ModelError, TensorSource, Weights};
-use crate::sampling::ModelSampling;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
@@ -25,6 +20,11 @@ use weft_engine::patcher::{
 };
 use weft_engine::registry::NodeRegistry;
 use weft_engine::weights::WeightSource;
+use weft_models::flux::{self, FluxConfig};
+use weft_models::patcher_source::PatcherSource;
+use weft_models::vae::VaeConfig;
+use weft_models::{LatentFormat, ModelError, TensorSource, Weights};
+use weft_sampling::ModelSampling;
 
 /// Where ComfyUI's GGUF UNet loader looks (`models/unet`, `models/diffusion_models`).
 pub const UNET_FOLDERS: &[&str] = &["diffusion_models", "unet"];

@@ -9,14 +9,7 @@
 use crate::MAX_RESOLUTION;
 use crate::conditioning::{DEFAULT_FLUX_GUIDANCE, GUIDANCE};
 use crate::loaders::{DiffusionModel, model_error};
-use crate::models::flux::{Flux, FluxConditioning};
-use crate::models::patcher_source::PatcherSource;
 use crate::offload::with_model_loaded;
-use crate::sampling::model_sampling::flux_shift;
-use crate::sampling::{
-    CfgDenoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun, SamplingError,
-    Scheduler, ksampler_sigmas, prepare_noise,
-};
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use serde::Deserialize;
@@ -26,6 +19,13 @@ use weft_engine::node::{
 };
 use weft_engine::patcher::ModelHandle;
 use weft_engine::registry::NodeRegistry;
+use weft_models::flux::{Flux, FluxConditioning};
+use weft_models::patcher_source::PatcherSource;
+use weft_sampling::model_sampling::flux_shift;
+use weft_sampling::{
+    CfgDenoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun, SamplingError,
+    Scheduler, ksampler_sigmas, prepare_noise,
+};
 
 /// `KSampler`: denoises a latent with a model, ComfyUI's parameters and semantics.
 pub struct KSampler;
@@ -176,7 +176,7 @@ impl<B: Backend> Node<B> for KSampler {
 
         let batch = shape[0];
         let positive = FluxCond::new(&inputs.conditioning("positive")?, "positive", batch)?;
-        let negative = match crate::sampling::samplers::cfg_is_skipped(params.cfg) {
+        let negative = match weft_sampling::samplers::cfg_is_skipped(params.cfg) {
             true => None,
             false => Some(FluxCond::new(
                 &inputs.conditioning("negative")?,

@@ -8,13 +8,7 @@
 //! (the memory manager offloads them when the diffusion model needs the room, as ComfyUI does).
 use crate::conditioning::{DEFAULT_FLUX_GUIDANCE, GUIDANCE, single};
 use crate::loaders::{model_error, open_patcher};
-use crate::models::TensorSource;
-use crate::models::patcher_source::PatcherSource;
 use crate::offload::with_model_loaded;
-use crate::text::{
-    ChunkLayout, ClipOutputLayer, ClipTextModel, ClipTokenizer, T5Encoder, T5Tokenizer, TextError,
-    TokenChunk, encode_clip, encode_t5,
-};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
@@ -27,6 +21,12 @@ use weft_engine::node::{
 };
 use weft_engine::patcher::{ModelHandle, ModelPatcher};
 use weft_engine::registry::NodeRegistry;
+use weft_models::TensorSource;
+use weft_models::patcher_source::PatcherSource;
+use weft_models::text::{
+    ChunkLayout, ClipOutputLayer, ClipTextModel, ClipTokenizer, T5Encoder, T5Tokenizer, TextError,
+    TokenChunk, encode_clip, encode_t5,
+};
 
 /// Where the CLIP loaders look (ComfyUI: `models/text_encoders`, formerly `models/clip`).
 pub const TEXT_ENCODER_FOLDERS: &[&str] = &["text_encoders", "clip"];

@@ -3,8 +3,6 @@
 //! (`(x + 1) / 2` clamped; `2x - 1`) and crop. The autoencoder is built from the VAE's patcher for
 //! each run; `release_vae` drops its device copy afterwards.
 use crate::loaders::{VaeModel, model_error};
-use crate::models::patcher_source::PatcherSource;
-use crate::models::vae::Vae;
 use crate::offload::with_model_loaded;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -14,6 +12,8 @@ use weft_engine::node::{
     PortType, Value,
 };
 use weft_engine::registry::NodeRegistry;
+use weft_models::patcher_source::PatcherSource;
+use weft_models::vae::Vae;
 
 /// `VAEDecode`: latents to images.
 pub struct VaeDecode;

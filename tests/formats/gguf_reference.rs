@@ -1,7 +1,7 @@
 //! GGUF files read exactly as gguf-py reads them; dequantization bit-exact with gguf-py.
 use super::{assert_bits_eq, fixture, load_json};
 use serde_json::Value as Json;
-use weft_engine::cli::gguf::inspect_json;
+use weft::gguf::inspect_json;
 use weft_engine::formats::gguf::{GgmlType, dequant};
 use weft_engine::formats::{ModelFile, npy};
 
@@ -253,12 +253,12 @@ fn quantization_is_bit_exact_with_gguf_py() {
 fn dump_writes_the_dequantized_tensor_as_npy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q4_k.npy");
-    let cmd = weft_engine::cli::gguf::GgufCommand::Dump {
+    let cmd = weft::gguf::GgufCommand::Dump {
         file: fixture("gguf/types.gguf"),
         tensor: "q4_k".into(),
         output: out.clone(),
     };
-    weft_engine::cli::gguf::run(cmd).unwrap();
+    weft::gguf::run(cmd).unwrap();
     let got = npy::read(&out).unwrap();
     let want = npy::read(fixture("gguf/expected/q4_k.npy")).unwrap();
     assert_eq!(got.shape, want.shape);
@@ -278,7 +278,7 @@ fn missing_tensor_error_names_file_and_suggests() {
 #[test]
 fn summary_abbreviates_long_arrays() {
     let model = ModelFile::open(fixture("gguf/real/ggml-vocab-llama-spm.gguf")).unwrap();
-    let text = weft_engine::cli::gguf::summary(&model, false);
+    let text = weft::gguf::summary(&model, false);
     assert!(text.contains("GGUF v"), "{text}");
     let tokens = text
         .lines()

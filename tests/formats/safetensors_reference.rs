@@ -35,7 +35,7 @@ fn small_file_matches_the_safetensors_package() {
             "__metadata__ {k}"
         );
     }
-    let json = weft_engine::cli::gguf::inspect_json(&model);
+    let json = weft::gguf::inspect_json(&model);
     assert!(json["version"].is_null() && json["alignment"].is_null());
 }
 

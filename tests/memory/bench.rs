@@ -4,7 +4,7 @@
 //! offload, and every reload equal to the file.
 use super::small_model;
 use std::process::Command;
-use weft_engine::memory::OffloadBench;
+use weft::offload_cycle::OffloadBench;
 use weft_engine::weights::synthetic::write_mixed_gguf;
 
 fn weft() -> Command {

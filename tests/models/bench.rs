@@ -12,7 +12,7 @@
 use super::{open, reference, values};
 use std::time::Instant;
 use weft_engine::formats::ModelFile;
-use weft_nodes::models::flux::{Flux, FluxConditioning};
+use weft_models::flux::{Flux, FluxConditioning};
 use weft_tests::B;
 
 /// This process's user + system CPU time in seconds (Linux `/proc/self/stat`, 100 ticks/s).

@@ -3,8 +3,8 @@
 //! schnell from a GGUF whose names carry `model.diffusion_model.`.
 use super::{Doctored, assert_close, open, reference, values};
 use weft_engine::formats::ModelFile;
-use weft_nodes::models::ModelError;
-use weft_nodes::models::flux::{Flux, FluxConditioning, FluxConfig, ids_from_tensor, image_ids};
+use weft_models::ModelError;
+use weft_models::flux::{Flux, FluxConditioning, FluxConfig, ids_from_tensor, image_ids};
 use weft_tests::B;
 
 /// Relative tolerance (see `assert_close`). Measured on the tiny configs: dev 5.8e-6 (its

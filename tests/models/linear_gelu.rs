@@ -3,7 +3,7 @@
 //! `gelu_tanh(forward(x))`, bit for bit, so the CPU models compute what they did before.
 use crate::memory::values;
 use burn::tensor::{DType, Tensor, TensorData};
-use weft_nodes::models::layers::{Linear, gelu_tanh};
+use weft_models::layers::{Linear, gelu_tanh};
 use weft_tests::B;
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {

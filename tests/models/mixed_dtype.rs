@@ -8,9 +8,9 @@ use weft_engine::formats::ModelFile;
 use weft_engine::formats::gguf::{GgmlType, GgufWriter};
 use weft_engine::patcher::{LoadOptions, ModelPatcher, WeightFormat};
 use weft_engine::weights::{CachePolicy, MmapCache, WeightSource};
-use weft_nodes::models::layers::Linear;
-use weft_nodes::models::patcher_source::PatcherSource;
-use weft_nodes::models::{TensorSource, Weights};
+use weft_models::layers::Linear;
+use weft_models::patcher_source::PatcherSource;
+use weft_models::{TensorSource, Weights};
 use weft_tests::B;
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {

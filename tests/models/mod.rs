@@ -15,7 +15,7 @@ mod vae;
 use burn::tensor::{Tensor, TensorData};
 use std::path::{Path, PathBuf};
 use weft_engine::formats::ModelFile;
-use weft_nodes::models::{ModelError, TensorSource};
+use weft_models::{ModelError, TensorSource};
 use weft_tests::B;
 
 pub fn fixture(rel: &str) -> PathBuf {

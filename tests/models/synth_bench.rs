@@ -1,12 +1,10 @@
 //! `weft bench synth-flux --shape tiny` and `weft bench model` on the CPU: the synthetic Flux file
 //! reads back with city96's names, types, shapes and gguf-py's layout, and the bench loads it
 //! through the patcher and reports every field it promises (values sane, never timed).
-use weft_engine::cli::bench_model::{BenchModelArgs, measure};
+use weft::bench_flux::FluxBench;
+use weft::bench_model::{BenchModelArgs, measure};
 use weft_engine::formats::{GgufFile, StorageType};
-use weft_nodes::bench::FluxBench;
-use weft_nodes::models::flux::synthetic::{
-    SynthQuant, SynthShape, flux_plans, write_synthetic_flux,
-};
+use weft_models::flux::synthetic::{SynthQuant, SynthShape, flux_plans, write_synthetic_flux};
 
 fn write_tiny(dir: &std::path::Path, quant: SynthQuant) -> std::path::PathBuf {
     let path = dir.join(format!("flux-{quant:?}.gguf"));

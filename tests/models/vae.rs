@@ -3,8 +3,8 @@
 //! convs, `first_stage_model.` prefix) from a GGUF of F16 and F32 tensors.
 use super::{Doctored, assert_close, open, reference};
 use burn::tensor::Tensor;
-use weft_nodes::models::LatentFormat;
-use weft_nodes::models::vae::{Vae, VaeConfig};
+use weft_models::LatentFormat;
+use weft_models::vae::{Vae, VaeConfig};
 use weft_tests::B;
 
 /// Relative tolerance (see `assert_close`); measured 1.2e-6 to 1.9e-6 for all four directions.

@@ -3,7 +3,7 @@
 //! (tools/quickstart/vocab.py: transformers' CLIPTokenizer, the `tokenizers` library's Unigram).
 use super::{json, model};
 use weft_engine::formats::ModelFile;
-use weft_nodes::text::{ClipTokenizer, T5Tokenizer};
+use weft_models::text::{ClipTokenizer, T5Tokenizer};
 
 /// `ids` without the trailing `pad` tokens.
 fn unpadded(ids: &[u32], pad: u32) -> Vec<u32> {

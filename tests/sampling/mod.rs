@@ -8,8 +8,8 @@ mod schedules;
 use std::path::Path;
 
 use serde_json::Value;
-use weft_nodes::sampling::ModelSampling;
-use weft_nodes::sampling::model_sampling::{BetaSchedule, Parameterization};
+use weft_sampling::ModelSampling;
+use weft_sampling::model_sampling::{BetaSchedule, Parameterization};
 
 /// A fixture of tests/fixtures/sampling, parsed.
 pub fn fixture(name: &str) -> Value {

@@ -2,7 +2,7 @@
 //! path (at least 16 values, with the tail redraw), the scalar path (fewer than 16) with its cached
 //! normal, seeds above 2^32, and a generator drawn from several times.
 use serde_json::Value;
-use weft_nodes::sampling::{TorchGenerator, prepare_noise, torch_randn};
+use weft_sampling::{TorchGenerator, prepare_noise, torch_randn};
 
 use super::{fixture, hex_f32};
 

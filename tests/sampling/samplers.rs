@@ -7,9 +7,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
-use weft_nodes::sampling::model_sampling::{BetaSchedule, Parameterization};
-use weft_nodes::sampling::samplers::cfg_is_skipped;
-use weft_nodes::sampling::{
+use weft_sampling::model_sampling::{BetaSchedule, Parameterization};
+use weft_sampling::samplers::cfg_is_skipped;
+use weft_sampling::{
     CfgDenoiser, Denoiser, Guidance, ModelSampling, SamplerHooks, SamplerKind, SamplerRun,
     SamplingError,
 };
@@ -173,7 +173,7 @@ fn small_run(
     }
     .run(
         &mut denoiser,
-        tensor(weft_nodes::sampling::torch_randn(0, &shape), shape),
+        tensor(weft_sampling::torch_randn(0, &shape), shape),
         tensor(vec![0.0; 32], shape),
         hooks,
     )
@@ -299,7 +299,7 @@ fn parameterizations_match_comfyui() {
 fn cfg_denoiser_guides_and_skips_the_negative_pass_at_cfg_1() {
     let ms = ModelSampling::flux(1.15).unwrap();
     let shape = [1, 2, 2, 4];
-    let x = tensor(weft_nodes::sampling::torch_randn(3, &shape), shape);
+    let x = tensor(weft_sampling::torch_randn(3, &shape), shape);
     let passes = RefCell::new(Vec::new());
     // A "network" whose velocity is x + 1 for the positive prompt and x - 1 for the negative one.
     let model = |input: Tensor<B, 4>, timestep: f32, guidance: Guidance| {

@@ -5,8 +5,8 @@
 //! uses correctly rounded values, and the sigmas may differ by one ulp.
 use std::collections::BTreeMap;
 
-use weft_nodes::sampling::model_sampling::flux_shift;
-use weft_nodes::sampling::{SamplerKind, Scheduler, ksampler_sigmas};
+use weft_sampling::model_sampling::flux_shift;
+use weft_sampling::{SamplerKind, Scheduler, ksampler_sigmas};
 
 use super::{compare, fixture, hex_f32, model_sampling};
 
@@ -146,7 +146,7 @@ fn unknown_names_list_the_known_ones() {
 
 #[test]
 fn degenerate_requests_are_errors_or_empty() {
-    let ms = weft_nodes::sampling::ModelSampling::sd1();
+    let ms = weft_sampling::ModelSampling::sd1();
     assert!(Scheduler::Normal.sigmas(&ms, 0).is_err(), "zero steps");
     assert!(
         Scheduler::KlOptimal.sigmas(&ms, 1).is_err(),

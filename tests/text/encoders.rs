@@ -10,8 +10,8 @@ use super::fixture;
 use crate::models::{assert_close, reference};
 use burn::tensor::Tensor;
 use weft_engine::formats::ModelFile;
-use weft_nodes::text::t5::relative_bucket;
-use weft_nodes::text::{ClipTextModel, T5Encoder, apply_token_weights};
+use weft_models::text::t5::relative_bucket;
+use weft_models::text::{ClipTextModel, T5Encoder, apply_token_weights};
 use weft_tests::B;
 
 const REL: f32 = 2e-5;
@@ -167,8 +167,8 @@ fn missing_tensor_names_file_and_tensor() {
 fn weighted_chunks_encode_as_comfyui() {
     // ComfyUI's encode_token_weights: an unweighted prompt is the plain forward pass; a weighted
     // one also encodes the empty prompt ([start, end, pad…]) and interpolates only weighted tokens.
-    use weft_nodes::text::batch::{ChunkLayout, TokenChunk};
-    use weft_nodes::text::encode::{empty_chunk_ids, encode_t5};
+    use weft_models::text::batch::{ChunkLayout, TokenChunk};
+    use weft_models::text::encode::{empty_chunk_ids, encode_t5};
     let file = open("t5.gguf");
     let model = T5Encoder::<B>::load(&file, &Default::default()).unwrap();
     let layout = ChunkLayout {

@@ -6,8 +6,8 @@ use super::fixture;
 use serde_json::Value;
 use std::sync::OnceLock;
 use weft_engine::formats::ModelFile;
-use weft_nodes::text::weights::parse_weights;
-use weft_nodes::text::{ClipTokenizer, T5Tokenizer, TextError, TokenChunk};
+use weft_models::text::weights::parse_weights;
+use weft_models::text::{ClipTokenizer, T5Tokenizer, TextError, TokenChunk};
 
 fn corpus() -> &'static [Value] {
     static CORPUS: OnceLock<Vec<Value>> = OnceLock::new();
@@ -187,7 +187,7 @@ fn corrupt_charsmap_is_an_error_not_a_panic() {
         ModelFile::Gguf(f) => f,
         ModelFile::Safetensors(_) => unreachable!(),
     };
-    let vocab = weft_nodes::text::T5Vocab::from_gguf(&file).unwrap();
+    let vocab = weft_models::text::T5Vocab::from_gguf(&file).unwrap();
     // A trie cut short, and one whose node offsets point past its end: both would index out of
     // bounds inside the normalizer while tokenizing.
     let mut short = vocab.clone();

@@ -1,6 +1,6 @@
 """Tokenizers of the quickstart's text encoders, and every caption of the dataset tokenized.
 
-- CLIP-L: the real CLIP BPE (weft's nodes/data/bpe_simple_vocab_16e6.txt.gz) through transformers'
+- CLIP-L: the real CLIP BPE (weft's nodes/models/data/bpe_simple_vocab_16e6.txt.gz) through transformers'
   CLIPTokenizer, framed as ComfyUI frames Flux's CLIP-L: <|startoftext|>, ids, <|endoftext|>,
   padded with <|endoftext|> to 77.
 - T5: a T5-style SentencePiece unigram vocabulary made for the dataset's language: `<pad>`,
@@ -8,7 +8,7 @@
   and single characters as the fallback for other text; no normalizer. It ships inside the T5
   GGUF as `tokenizer.ggml.*` (tools/quickstart/export.py), where weft's CLIPLoaderGGUF reads it.
   Tokenized here with the `tokenizers` library configured as weft configures it
-  (nodes/src/text/t5_tokenizer.rs): whitespace split, Metaspace `▁` prepended to every word,
+  (nodes/models/src/text/t5_tokenizer.rs): whitespace split, Metaspace `▁` prepended to every word,
   Unigram; framed as ComfyUI's Flux T5: ids, `</s>`, padded with `<pad>` to 256.
 
     python3 tools/quickstart/vocab.py --out .quickstart/tokens.json

@@ -1,5 +1,5 @@
 //! Errors of the model-file layer: every variant names the file, and where it can, the tensor or key.
-use super::gguf::GgmlType;
+use crate::gguf::types::GgmlType;
 use std::path::PathBuf;
 
 /// What is wrong inside a GGUF byte stream, without the file name (see [`FormatError::Gguf`]).

@@ -1,6 +1,7 @@
 //! A tensor in a model file: its storage type, PyTorch-order shape, and byte range in the file.
 use super::error::DequantError;
-use super::gguf::{GgmlType, dequant};
+use crate::gguf::dequant;
+use crate::gguf::types::GgmlType;
 use std::fmt;
 
 /// How a tensor's elements are stored: a ggml type (GGUF; safetensors' plain types map onto the

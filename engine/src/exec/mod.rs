@@ -1,8 +1,8 @@
 //! The executor: runs what a graph's output nodes need, in the graph's deterministic order, serves
 //! unchanged nodes from a cache kept across runs, reports events, and stops when cancelled.
 mod cache;
-mod cancel;
-mod events;
+pub(crate) mod cancel;
+pub(crate) mod events;
 
 pub use cache::Signature;
 pub use cancel::CancelToken;

@@ -11,13 +11,8 @@
 // Only `host.rs` (one libc call) opts out.
 #![deny(unsafe_code)]
 
-mod args;
-mod bench;
 pub(crate) mod host;
 pub mod proc;
-
-pub use args::MemoryArgs;
-pub use bench::{OffloadBench, OffloadCycle, offload_cycles};
 
 use crate::node::Services;
 use crate::patcher::{

@@ -2,7 +2,6 @@
 //! file, and the host's available memory. Elsewhere these read as unknown (`None`).
 #![forbid(unsafe_code)]
 
-use crate::patcher::DeviceCapacity;
 use crate::weights::FileIdentity;
 
 /// Resident memory of this process, from /proc/self/status.
@@ -110,8 +109,17 @@ fn dev_major_minor(dev: u64) -> (u64, u64) {
     (major, minor)
 }
 
+/// The host's memory, from /proc/meminfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    /// `MemAvailable`.
+    pub available: u64,
+    /// `MemTotal`.
+    pub total: u64,
+}
+
 /// The host's available and total memory (MemAvailable, MemTotal from /proc/meminfo).
-pub(crate) fn host_capacity() -> Option<DeviceCapacity> {
+pub fn host_memory() -> Option<HostMemory> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = meminfo.lines().find(|l| l.starts_with(name))?;
@@ -125,8 +133,8 @@ pub(crate) fn host_capacity() -> Option<DeviceCapacity> {
                 * 1024,
         )
     };
-    Some(DeviceCapacity {
-        free: field("MemAvailable:")?,
+    Some(HostMemory {
+        available: field("MemAvailable:")?,
         total: field("MemTotal:")?,
     })
 }
@@ -174,7 +182,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             let rss = resident_memory().expect("/proc/self/status");
             assert!(rss.anon > 0);
-            assert!(host_capacity().is_some_and(|c| c.total >= c.free && c.total > 0));
+            assert!(host_memory().is_some_and(|m| m.total >= m.available && m.total > 0));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! What the executor lends a running node: the device, the run's folders and services, progress
 //! reporting and cancellation; and [`Fingerprint`], what a node adds to its cache key.
-use super::NodeError;
-use crate::exec::{CancelToken, Event, EventSink, NoEvents};
+use super::error::NodeError;
+use crate::exec::cancel::CancelToken;
+use crate::exec::events::{Event, EventSink, NoEvents};
 use burn::tensor::backend::Backend;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

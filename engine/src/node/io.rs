@@ -1,6 +1,6 @@
 //! What a node receives and returns: [`Inputs`] (linked values by port name, with typed accessors
 //! that fail with a [`NodeError`] naming the port) and [`Outputs`] (values in declared order).
-use super::NodeError;
+use super::error::NodeError;
 use super::value::{Conditioning, Latent, Value};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;

@@ -242,7 +242,7 @@ pub trait WeightDevice<B: Backend>: Send + Sync + 'static {
 }
 
 /// Checks that `bytes` holds whole elements of `dtype`; returns the element count.
-pub(crate) fn element_count(bytes: usize, dtype: DType, what: &str) -> Result<usize, DeviceError> {
+pub fn element_count(bytes: usize, dtype: DType, what: &str) -> Result<usize, DeviceError> {
     let size = dtype.size();
     if size == 0 || !bytes.is_multiple_of(size) {
         return Err(DeviceError::Size {
@@ -358,7 +358,10 @@ impl<B: Backend> WeightDevice<B> for BurnDevice<B> {
 
     fn capacity(&self) -> Option<DeviceCapacity> {
         if self.host_memory {
-            crate::memory::proc::host_capacity()
+            crate::memory::proc::host_memory().map(|m| DeviceCapacity {
+                free: m.available,
+                total: m.total,
+            })
         } else {
             None
         }

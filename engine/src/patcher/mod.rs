@@ -19,11 +19,9 @@ mod lora;
 mod materialize;
 mod stats;
 
-#[cfg(feature = "cuda")]
-pub mod cuda;
-
 pub use device::{
     BurnDevice, DeviceCapacity, DeviceError, DeviceUsage, DeviceWeight, HostData, WeightDevice,
+    element_count,
 };
 pub use handle::ModelHandle;
 pub use lora::{LoraFactors, LoraKeyMap, LoraMatch, PatchKind, WeightPatch, lora_patches};

@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
-//!     weft_engine::cli::main_with((weft_nodes::Builtin, weft_example_custom_node::CustomNodes))
+//!     weft::main_with((weft_nodes::Builtin, weft_example_custom_node::CustomNodes))
 //! }
 //! ```
 use burn::tensor::backend::Backend;
