@@ -53,16 +53,29 @@ pub fn load_options(weight_dtype: DType) -> LoadOptions {
     }
 }
 
-/// Finds `name` in `folders` of the models dirs (or as a path) and opens a patcher over it.
+/// Finds `name` in `folders` of the models dirs (or as a path) and opens a patcher over it,
+/// dequantized- or quantized-resident as the run's memory manager plans it.
 pub fn open_patcher<B: Backend>(
     ctx: &NodeContext<'_, B>,
     folders: &[&str],
     name: &str,
 ) -> Result<ModelPatcher<B>, NodeError> {
     let path = ctx.find_model(folders, name)?;
-    let device = weight_device(ctx);
-    let options = load_options(device.weight_dtype());
-    ModelPatcher::open(&path, device, options).map_err(NodeError::other)
+    match MemoryManager::<B>::from_services(&ctx.env().services) {
+        // The manager picks dequantized- or quantized-resident from the room it has.
+        Some(manager) => {
+            let options = load_options(manager.device().weight_dtype());
+            let (patcher, _) = manager
+                .open_model(&path, options)
+                .map_err(NodeError::other)?;
+            Ok(patcher)
+        }
+        None => {
+            let device = weight_device(ctx);
+            let options = load_options(device.weight_dtype());
+            ModelPatcher::open(&path, device, options).map_err(NodeError::other)
+        }
+    }
 }
 
 /// A model error as a node error (it already names the file and tensor).

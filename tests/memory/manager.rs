@@ -32,6 +32,7 @@ fn manager(mode: MemoryMode, capacity: u64) -> MemoryManager<B> {
             mode,
             reserve_bytes: 0,
             capacity: Some(capacity),
+            ..Default::default()
         },
     )
 }
@@ -172,6 +173,7 @@ fn the_reserve_counts_against_the_budget() {
             mode: MemoryMode::Normal,
             reserve_bytes: size,
             capacity: Some(2 * size),
+            ..Default::default()
         },
     );
     manager.load_models(&[&m[0]]).unwrap();

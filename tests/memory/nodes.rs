@@ -227,6 +227,7 @@ fn the_release_path_drops_the_vae_after_decoding_and_keeps_it_when_asked() {
                     mode: MemoryMode::Normal,
                     reserve_bytes: 0,
                     capacity: Some(1 << 30),
+                    ..Default::default()
                 },
             )
         });

@@ -9,6 +9,7 @@ mod bench;
 mod flux;
 mod linear_gelu;
 mod mixed_dtype;
+mod quant_linear;
 mod synth_bench;
 mod vae;
 

@@ -72,6 +72,7 @@ fn bench_model_runs_a_tiny_flux_on_the_cpu_and_reports_every_field() {
         text_tokens: 32,
         seed: 1,
         json: true,
+        memory: Default::default(),
     };
     let report = measure(&args, &FluxBench).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(

@@ -6,6 +6,7 @@
 //! file names the workflows use (`flux1-dev-Q8_0.gguf`, `ae.safetensors` …), so the shipped
 //! workflows run as users run them, with `--set`-style overrides from `cases.json`.
 mod nodes;
+mod residency;
 mod txt2img;
 
 use burn::tensor::Tensor;

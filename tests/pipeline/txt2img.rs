@@ -75,7 +75,7 @@ fn check(bench: &Bench, name: &str) -> f32 {
     measured
 }
 
-const FROM_EMBEDDINGS: &str = r#"
+pub(super) const FROM_EMBEDDINGS: &str = r#"
 Workflow(
     version: 1,
     nodes: {

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use weft_cuda::on_cuda::{OnBackend, on_cuda};
-use weft_engine::memory::{MemoryManager, MemoryPolicy};
+use crate::memory_args::MemoryArgs;
+use weft_engine::memory::MemoryManager;
 use weft_engine::patcher::{LoadOptions, ModelPatcher, WeightDevice};
 
 /// An error from a [`ModelBench`] (the node crate's typed errors, boxed at this boundary).
@@ -99,6 +100,10 @@ pub struct BenchModelArgs {
     /// One JSON object on stdout instead of lines.
     #[arg(long)]
     pub json: bool,
+    /// The memory flags of `weft run`: `--vram-budget` to plan as on a smaller card,
+    /// `--residency` to force dequantized or quantized weights.
+    #[command(flatten)]
+    pub memory: MemoryArgs,
 }
 
 /// Arguments of `weft bench synth-flux`.
@@ -136,6 +141,10 @@ pub struct ModelBenchReport {
     pub build_s: f64,
     /// open + upload + build.
     pub load_s: f64,
+    /// The form the weights got (dequantized- or quantized-resident) and why.
+    pub residency: String,
+    /// `--vram-budget`, when given.
+    pub vram_budget_bytes: Option<u64>,
     /// Weights left streaming because they did not fit the budget.
     pub streamed_weights: usize,
     /// Bytes of the model's device copies after the load.
@@ -280,14 +289,12 @@ fn measure_on<B: Backend>(
         .then(|| weights.capacity())
         .flatten()
         .map(|c| c.total.saturating_sub(c.free));
-    let manager = MemoryManager::<B>::new(weights.clone(), MemoryPolicy::default());
+    let policy = args.memory.policy().map_err(anyhow::Error::msg)?;
+    let manager = MemoryManager::<B>::new(weights.clone(), policy);
     let load_started = Instant::now();
-    let patcher = ModelPatcher::open(
-        &args.file,
-        weights.clone(),
-        models.load_options(weights.weight_dtype()),
-    )
-    .with_context(|| format!("opening {}", args.file.display()))?;
+    let (patcher, residency) = manager
+        .open_model(&args.file, models.load_options(weights.weight_dtype()))
+        .with_context(|| format!("opening {}", args.file.display()))?;
     let open_s = load_started.elapsed().as_secs_f64();
     let upload_started = Instant::now();
     let load = manager
@@ -347,6 +354,8 @@ fn measure_on<B: Backend>(
         upload_s,
         build_s,
         load_s: open_s + upload_s + build_s,
+        residency: format!("{} ({})", residency.residency, residency.reason),
+        vram_budget_bytes: policy.capacity,
         streamed_weights: first.map_or(0, |r| r.streamed),
         weight_device_bytes: first.map_or(0, |r| r.device_bytes),
         first_step_ms: step_ms.first().copied(),
@@ -366,6 +375,7 @@ fn print_report(r: &ModelBenchReport) {
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
     println!("{} on {}", r.file.display(), r.device);
     println!("model: {}", r.model);
+    println!("weights: {}", r.residency);
     println!(
         "tokens: {} image ({}x{} px) + {} text",
         r.image_tokens, r.res, r.res, r.text_tokens

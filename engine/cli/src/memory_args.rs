@@ -1,8 +1,9 @@
 //! [`MemoryArgs`]: the memory flags of `weft run` and `weft bench` (`--reserve-vram`,
-//! `--gpu-only`, `--lowvram`, `--novram`), turned into a [`MemoryPolicy`].
+//! `--gpu-only`, `--lowvram`, `--novram`, `--vram-budget`, `--residency`), turned into a
+//! [`MemoryPolicy`].
 #![forbid(unsafe_code)]
 
-use weft_engine::memory::{MemoryMode, MemoryPolicy};
+use weft_engine::memory::{MemoryMode, MemoryPolicy, ResidencyChoice};
 
 /// Memory flags, flattened into a command's arguments (`#[command(flatten)]`).
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
@@ -19,6 +20,45 @@ pub struct MemoryArgs {
     /// Keep nothing on the device: stream every weight from the file mapping when used.
     #[arg(long)]
     pub novram: bool,
+    /// Behave as on a card of SIZE: plan every model for at most that much device memory
+    /// (`8GiB`, `16G`, `24GB`, `12000MiB`; G and GiB are 2^30 bytes, GB 10^9). Also
+    /// `WEFT_VRAM_BUDGET`.
+    #[arg(long = "vram-budget", value_name = "SIZE", env = "WEFT_VRAM_BUDGET")]
+    pub vram_budget: Option<String>,
+    /// How GGUF weights live on the device: `auto` (dequantized when the dequantized model fits,
+    /// else quantized), `dequantized` (or `bf16`), `quantized` (blocks as stored, dequantized
+    /// layer by layer). Also `WEFT_WEIGHT_RESIDENCY`.
+    #[arg(long, value_name = "MODE", env = "WEFT_WEIGHT_RESIDENCY")]
+    pub residency: Option<String>,
+}
+
+/// Bytes of a size written `8GiB`, `16G`, `24GB`, `512MiB`, `1.5T` or a plain byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => (1u64 << 30) as f64,
+        "gb" => 1e9,
+        "t" | "tib" => (1u64 << 40) as f64,
+        "tb" => 1e12,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 8GiB"))?;
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?}: expected a size of at least one byte"));
+    }
+    Ok(bytes as u64)
 }
 
 impl MemoryArgs {
@@ -39,6 +79,14 @@ impl MemoryArgs {
             (_, _, true) => MemoryMode::NoVram,
             _ => MemoryMode::Normal,
         };
+        if let Some(size) = &self.vram_budget {
+            policy.capacity = Some(parse_size(size).map_err(|e| format!("--vram-budget {e}"))?);
+        }
+        if let Some(mode) = &self.residency {
+            policy.residency = mode
+                .parse::<ResidencyChoice>()
+                .map_err(|e| format!("--residency {e}"))?;
+        }
         Ok(policy)
     }
 }
@@ -67,6 +115,31 @@ mod tests {
         assert_eq!((p.mode, p.reserve_bytes), (MemoryMode::LowVram, 5 << 29));
         assert_eq!(parse(&["--gpu-only"]).unwrap().mode, MemoryMode::GpuOnly);
         assert_eq!(parse(&["--novram"]).unwrap().mode, MemoryMode::NoVram);
+    }
+
+    #[test]
+    fn a_budget_and_a_residency_become_the_capacity_and_the_choice() {
+        let p = parse(&["--vram-budget", "16GiB", "--residency", "quantized"]).unwrap();
+        assert_eq!(p.capacity, Some(16 << 30));
+        assert_eq!(p.residency, ResidencyChoice::Quantized);
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("24GB"), Ok(24_000_000_000));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("8 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("0GiB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(
+            parse(&["--vram-budget", "lots"])
+                .unwrap_err()
+                .contains("--vram-budget")
+        );
+        assert!(
+            parse(&["--residency", "fp8"])
+                .unwrap_err()
+                .contains("--residency \"fp8\"")
+        );
     }
 
     #[test]

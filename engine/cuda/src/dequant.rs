@@ -13,6 +13,8 @@
 //! tensor, is no longer in use); our stream is synchronized before the output goes back to burn.
 //! The input is held until that wait. [`CudaDequant::enqueue`] defers the wait to
 //! [`CudaDequant::wait`], for dequantizing many weights with one wait.
+//! [`CudaDequant::dequantize_ordered`] orders both sides with a stream fence instead, without
+//! host waits: a quantized-resident model dequantizes each weight just before its product.
 use super::dequant_plan::{self, GpuDequantError, LaunchPlan, OutDType};
 use crate::backend::CudaBackend;
 use burn::tensor::backend::Backend;
@@ -149,6 +151,34 @@ impl CudaDequant {
         Ok(out)
     }
 
+    /// [`Self::dequantize`] without a host wait: the kernel is ordered after burn's queue and
+    /// burn's later work after the kernel by a stream fence ([`super::fence`]; a host wait only
+    /// where fences are off), so a model can dequantize a weight just before using it, on every
+    /// forward, without stalling the host. The output is a plain burn tensor, ready for burn.
+    pub fn dequantize_ordered(
+        &self,
+        ty: GgmlType,
+        blocks: &Tensor<CudaBackend, 1, Int>,
+        n_elements: usize,
+        dtype: DType,
+    ) -> Result<Tensor<CudaBackend, 1>, GpuDequantError> {
+        // The output is allocated before the fence, so burn's last use of its memory is ordered
+        // before the kernel (as the GEMM does).
+        let prepared = self.buffers(ty, blocks, n_elements, dtype)?;
+        let fence_err = |e: super::fence::FenceError| GpuDequantError::Burn {
+            what: format!("{ty}: ordering"),
+            message: e.to_string(),
+        };
+        let ticket = super::fence::before(&self.device, &self.stream).map_err(fence_err)?;
+        let launched = self.launch(&prepared);
+        // Released even when the launch failed, so burn's stream is never left waiting.
+        super::fence::after(ticket, &self.stream).map_err(fence_err)?;
+        launched?;
+        // With the fence released, burn reuses the input's memory only after the kernel.
+        drop(prepared.input);
+        Ok(prepared.out)
+    }
+
     /// Queues a dequantization without waiting for it. The output must not be used (by burn or
     /// anyone) nor dropped (burn would recycle its buffer) before [`CudaDequant::wait`] returns;
     /// the input is kept alive until then.
@@ -236,7 +266,23 @@ impl CudaDequant {
     }
 
     /// Checks the input, allocates the output and drains burn's queue.
+    /// [`Self::buffers`], then burn's queue drained: the blocks are written and the output buffer
+    /// (possibly recycled from a freed tensor) is no longer in use.
     fn prepare(
+        &self,
+        ty: GgmlType,
+        blocks: &Tensor<CudaBackend, 1, Int>,
+        n_elements: usize,
+        dtype: DType,
+    ) -> Result<Prepared, GpuDequantError> {
+        let prepared = self.buffers(ty, blocks, n_elements, dtype)?;
+        CudaBackend::sync(&self.device).map_err(burn_err(format!("{ty}: sync")))?;
+        Ok(prepared)
+    }
+
+    /// Checks the input, allocates the output and finds both buffers' device pointers. Nothing
+    /// is ordered yet: the caller orders the launch after burn's work on both.
+    fn buffers(
         &self,
         ty: GgmlType,
         blocks: &Tensor<CudaBackend, 1, Int>,
@@ -296,8 +342,6 @@ impl CudaDequant {
         let in_ptr = ptr(&input, "input", plan.in_bytes)?;
         let out_ptr = ptr(&output, "output", plan.out_bytes)?;
         dequant_plan::check_alignment(ty, in_ptr)?;
-        // The blocks are written and the output buffer is free: burn's queue is drained.
-        CudaBackend::sync(&self.device).map_err(burn_err(format!("{ty}: sync")))?;
         Ok(Prepared {
             plan,
             input,
@@ -336,10 +380,11 @@ impl CudaDequant {
         // contiguous U8 tensor of exactly the blocks of `n` elements, per `dequant_plan::plan`,
         // aligned as `check_alignment` requires) and `out_ptr` one of at least `plan.out_bytes`
         // (allocated by burn-cuda for this call); both sizes are checked against burn's
-        // resources in `prepare`. The kernel reads only `[in, in + in_bytes)` and writes only
-        // `[out, out + out_bytes)`. burn's work on both is finished (sync in `prepare`); the
-        // input stays alive in `pending` (or in the caller's `Prepared`) and the output in the
-        // caller's tensor until our stream is synchronized.
+        // resources in `buffers`. The kernel reads only `[in, in + in_bytes)` and writes only
+        // `[out, out + out_bytes)`. burn's work on both is finished before the kernel starts
+        // (the sync in `prepare`, or the fence `dequantize_ordered` takes right before this
+        // launch); the input stays alive in `pending` (or in the caller's `Prepared`) and the
+        // output in the caller's tensor until our stream is synchronized or the fence released.
         unsafe { args.launch(cfg) }.map_err(driver_err(format!("{ty}: launch")))?;
         Ok(())
     }

@@ -13,14 +13,17 @@
 
 pub(crate) mod host;
 pub mod proc;
+pub mod residency;
+
+pub use residency::{Residency, ResidencyChoice, ResidencyPlan};
 
 use crate::node::Services;
 use crate::patcher::{
-    LoadReport, ModelCore, ModelPatcher, OffloadReport, PatchError, WeightDevice,
+    LoadOptions, LoadReport, ModelCore, ModelPatcher, OffloadReport, PatchError, WeightDevice,
 };
 use crate::weights::cache::human_bytes;
 use burn::tensor::backend::Backend;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// How eagerly models stay on the device.
@@ -48,8 +51,12 @@ pub struct MemoryPolicy {
     /// Bytes of device memory to leave free (activations, other programs): `--reserve-vram`.
     pub reserve_bytes: u64,
     /// Treat the device as having this many bytes, of which the managed models' copies are the
-    /// only use (tests, and devices that cannot report their free memory). `None`: ask the device.
+    /// only use (`--vram-budget`: weft behaves as on a card of that size; tests; devices that
+    /// cannot report their free memory). A device that reports less free memory is believed.
+    /// `None`: ask the device.
     pub capacity: Option<u64>,
+    /// Dequantized- or quantized-resident models ([`residency`]).
+    pub residency: ResidencyChoice,
 }
 
 impl Default for MemoryPolicy {
@@ -58,6 +65,7 @@ impl Default for MemoryPolicy {
             mode: MemoryMode::Normal,
             reserve_bytes: 1 << 30,
             capacity: None,
+            residency: ResidencyChoice::Auto,
         }
     }
 }
@@ -146,24 +154,83 @@ impl<B: Backend> MemoryManager<B> {
     /// device reports plus what its allocator holds unused (a pool keeps freed buffers for reuse;
     /// they are free for our purposes). `None`: unknown (every load is full).
     fn free_bytes(&self, state: &ManagerState<B>) -> Option<u64> {
+        let reported = || {
+            let pooled = self
+                .device
+                .usage()
+                .map_or(0, |u| u.bytes_reserved.saturating_sub(u.bytes_in_use));
+            self.device.capacity().map(|c| c.free + pooled)
+        };
         match self.policy.capacity {
             Some(capacity) => {
-                let held: u64 = state
-                    .models
-                    .iter()
-                    .filter_map(|t| t.model.upgrade())
-                    .map(|m| m.device_bytes())
-                    .sum();
-                Some(capacity.saturating_sub(held))
+                let budget = capacity.saturating_sub(self.held_bytes(state));
+                Some(reported().map_or(budget, |free| free.min(budget)))
             }
-            None => {
-                let pooled = self
-                    .device
-                    .usage()
-                    .map_or(0, |u| u.bytes_reserved.saturating_sub(u.bytes_in_use));
-                self.device.capacity().map(|c| c.free + pooled)
-            }
+            None => reported(),
         }
+    }
+
+    /// Device bytes the managed models hold.
+    fn held_bytes(&self, state: &ManagerState<B>) -> u64 {
+        state
+            .models
+            .iter()
+            .filter_map(|t| t.model.upgrade())
+            .map(|m| m.device_bytes())
+            .sum()
+    }
+
+    /// The most device bytes one model could hold now: free memory after the reserve plus what
+    /// the other managed models hold (offloaded to make room; not under `--gpu-only`); 0 under
+    /// `--novram`; `None` when the device cannot say. What [`residency::plan`] weighs a model
+    /// against.
+    pub fn room(&self) -> Option<u64> {
+        let mut state = self.lock();
+        state.models.retain(|t| t.model.strong_count() > 0);
+        if self.policy.mode == MemoryMode::NoVram {
+            return Some(0);
+        }
+        let free = self.free_bytes(&state)?;
+        let evictable = match self.policy.mode {
+            MemoryMode::GpuOnly => 0,
+            _ => self.held_bytes(&state),
+        };
+        Some((free + evictable).saturating_sub(self.policy.reserve_bytes))
+    }
+
+    /// Opens the model file `path` on the manager's device in the form [`Self::plan_residency`]
+    /// picks for it: `dense` are the options of the dequantized form, whose compute dtype the
+    /// quantized form keeps. Nothing is uploaded yet.
+    pub fn open_model(
+        &self,
+        path: &Path,
+        dense: LoadOptions,
+    ) -> Result<(ModelPatcher<B>, ResidencyPlan), PatchError> {
+        let patcher = ModelPatcher::open(path, self.device.clone(), dense)?;
+        let quantized = Residency::Quantized.options(dense.compute_dtype);
+        let plan = self.plan_residency(patcher.full_bytes(), patcher.full_bytes_with(quantized));
+        let patcher = match plan.residency {
+            Residency::Dequantized => patcher,
+            Residency::Quantized => ModelPatcher::open(path, self.device.clone(), quantized)?,
+        };
+        tracing::info!(
+            "{}: {} ({})",
+            path.display(),
+            plan.residency,
+            plan.reason
+        );
+        Ok((patcher, plan))
+    }
+
+    /// The form `model`'s weights should take, from the policy's choice and [`Self::room`]:
+    /// `dense_bytes` and `quantized_bytes` are its full load dequantized and with blocks kept.
+    pub fn plan_residency(&self, dense_bytes: u64, quantized_bytes: u64) -> ResidencyPlan {
+        residency::plan(
+            self.policy.residency,
+            dense_bytes,
+            quantized_bytes,
+            self.room(),
+        )
     }
 
     /// Loads `models` (those a node is about to run) in order, making room first: offloads the

@@ -479,20 +479,25 @@ impl<B: Backend> ModelPatcher<B> {
         by_index
     }
 
-    /// Bytes weight `index` takes on the device, with or without patches.
-    fn device_size(&self, index: usize, patched: bool) -> u64 {
+    /// Bytes weight `index` takes on the device under `options`, with or without patches.
+    fn device_size(&self, index: usize, patched: bool, options: LoadOptions) -> u64 {
         let info = &self.core.source.tensors()[index];
-        match materialize::stays_as_stored(info, patched, self.core.options) {
+        match materialize::stays_as_stored(info, patched, options) {
             true => info.nbytes,
-            false => info.n_elements() * self.core.options.compute_dtype.size() as u64,
+            false => info.n_elements() * options.compute_dtype.size() as u64,
         }
     }
 
     /// Bytes a full load takes on the device, with this patcher's patches.
     pub fn full_bytes(&self) -> u64 {
+        self.full_bytes_with(self.core.options)
+    }
+
+    /// Bytes a full load would take under `options` instead (to choose a layout before loading).
+    pub fn full_bytes_with(&self, options: LoadOptions) -> u64 {
         let keys = self.patch_keys();
         (0..self.core.source.tensors().len())
-            .map(|i| self.device_size(i, keys.contains_key(&i)))
+            .map(|i| self.device_size(i, keys.contains_key(&i), options))
             .sum()
     }
 
@@ -527,7 +532,7 @@ impl<B: Backend> ModelPatcher<B> {
         let mut wanted = vec![false; n];
         let mut planned = 0u64;
         for (index, want) in wanted.iter_mut().enumerate() {
-            let size = self.device_size(index, keys.contains_key(&index));
+            let size = self.device_size(index, keys.contains_key(&index), self.core.options);
             if budget.is_some_and(|b| planned + size > b) {
                 break; // a resident prefix, the rest streams: forward passes run front to back
             }

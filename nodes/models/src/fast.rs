@@ -20,8 +20,9 @@
 //! while at 1000 tokens the kernel is 12x burn's attention (docs/BENCHMARKS.md).
 //! `WEFT_FLASH_ATTENTION=0` turns the path off, `=1` takes it for every size; a kernel that cannot
 //! be built (no NVRTC, too little shared memory) turns it off for the process with one warning.
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor};
+use weft_engine::formats::gguf::GgmlType;
 
 /// Multiply-accumulates (rows × d_in × d_out) from which a linear layer goes to cuBLASLt: each
 /// call waits for burn's queue and for its own stream, so small products stay on burn (a guess
@@ -66,6 +67,26 @@ pub fn linear_gelu<B: Backend>(
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (x, weight, bias);
+        None
+    }
+}
+
+/// `blocks` (one matrix's ggml blocks, a `U8` tensor) dequantized into `n` values of `dtype` on
+/// the device (weft-cuda's kernels, ordered against burn's stream by a fence, no host wait), or
+/// None where the backend has no kernels for them (the caller dequantizes on the host).
+pub fn dequantize<B: Backend>(
+    blocks: &Tensor<B, 1, Int>,
+    ty: GgmlType,
+    n: usize,
+    dtype: DType,
+) -> Option<Tensor<B, 1>> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::dequantize(blocks, ty, n, dtype)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (blocks, ty, n, dtype);
         None
     }
 }
@@ -214,7 +235,7 @@ pub fn attention<B: Backend>(
 #[cfg(feature = "cuda")]
 mod cuda {
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, FloatDType, Tensor};
+    use burn::tensor::{DType, FloatDType, Int, Tensor};
     use std::any::Any;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,9 +243,11 @@ mod cuda {
     use weft_cuda::activation::Activation;
     use weft_cuda::attention::CudaAttention;
     use weft_cuda::backend::CudaBackend;
+    use weft_cuda::dequant::CudaDequant;
     use weft_cuda::fused::CudaFused;
     use weft_cuda::fused_plan::FusedError;
     use weft_cuda::gemm::CudaGemm;
+    use weft_engine::formats::gguf::GgmlType;
 
     /// Set once the kernel is unavailable (or turned off) for this process.
     static OFF: AtomicBool = AtomicBool::new(false);
@@ -396,6 +419,36 @@ mod cuda {
             Ok(out) => back(out),
             Err(e) => {
                 tracing::debug!("cuBLASLt path not taken ({e}); using burn's matmul");
+                None
+            }
+        }
+    }
+
+    /// Set once the dequantization kernels are unavailable for this process.
+    static DEQUANT_OFF: AtomicBool = AtomicBool::new(false);
+
+    pub fn dequantize<B: Backend>(
+        blocks: &Tensor<B, 1, Int>,
+        ty: GgmlType,
+        n: usize,
+        dtype: DType,
+    ) -> Option<Tensor<B, 1>> {
+        let blocks = (blocks as &dyn Any).downcast_ref::<Tensor<CudaBackend, 1, Int>>()?;
+        if DEQUANT_OFF.load(Ordering::Relaxed) {
+            return None;
+        }
+        let kernels = match CudaDequant::shared(blocks.device().index) {
+            Ok(kernels) => kernels,
+            Err(e) => {
+                tracing::warn!("dequantization kernels unavailable, dequantizing on the CPU: {e}");
+                DEQUANT_OFF.store(true, Ordering::Relaxed);
+                return None;
+            }
+        };
+        match kernels.dequantize_ordered(ty, blocks, n, dtype) {
+            Ok(values) => back(values),
+            Err(e) => {
+                tracing::debug!("device dequantization not taken ({e}); dequantizing on the CPU");
                 None
             }
         }

@@ -8,19 +8,26 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use super::quant::Matrix;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 /// `y = x·Wᵀ + b` with `W` stored [d_out, d_in] (PyTorch's layout; burn's own `Linear` is
 /// [d_in, d_out]). `W` may be held in another float type than `x` (the BF16 weights of a CUDA
-/// load); `y` has `x`'s type.
+/// load), or as ggml blocks dequantized just before each product ([`Matrix::Quantized`]); `y`
+/// has `x`'s type.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
-    weight: Tensor<B, 2>,
+    weight: Matrix<B>,
     bias: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Linear<B> {
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self::from_matrix(Matrix::Dense(weight), bias)
+    }
+
+    /// A layer over a dense or quantized-resident matrix.
+    pub fn from_matrix(weight: Matrix<B>, bias: Option<Tensor<B, 1>>) -> Self {
         Linear { weight, bias }
     }
 
@@ -32,22 +39,26 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[0]
     }
 
-    /// The weight's float type (BF16 for the matrices of a CUDA load, else F32).
+    /// The weight's float type (BF16 for the matrices of a CUDA load, else F32; a quantized
+    /// matrix's dequantization dtype).
     pub fn dtype(&self) -> DType {
         self.weight.dtype()
     }
 
+    /// Whether the weight is held as ggml blocks.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Matrix::Quantized(_))
+    }
+
     /// Splits the output rows at `at`: two layers computing outputs `..at` and `at..`. Row ranges
-    /// of an [out, in] matrix are contiguous, so neither copies.
+    /// of an [out, in] matrix are contiguous (whole blocks per row when quantized), so neither
+    /// copies.
     pub fn split_rows(self, at: usize) -> [Linear<B>; 2] {
         let d_out = self.d_out();
         let bias = |start, len| self.bias.clone().map(|b| b.narrow(0, start, len));
         [
-            Linear::new(self.weight.clone().narrow(0, 0, at), bias(0, at)),
-            Linear::new(
-                self.weight.clone().narrow(0, at, d_out - at),
-                bias(at, d_out - at),
-            ),
+            Linear::from_matrix(self.weight.narrow_rows(0, at), bias(0, at)),
+            Linear::from_matrix(self.weight.narrow_rows(at, d_out - at), bias(at, d_out - at)),
         ]
     }
 
@@ -61,18 +72,8 @@ impl<B: Backend> Linear<B> {
 
     /// Applies the layer to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // One 2-D GEMM over every leading dimension; the transpose is a strided view.
         let (x, dims) = self.rows(x);
-        if let Some(y) = super::fast::linear(&x, &self.weight, self.bias.as_ref()) {
-            return y.reshape(dims);
-        }
-        // A weight kept in another float type (BF16 device copies) meets `x` in `x`'s type.
-        let dtype = x.dtype();
-        let mut y = x.matmul(to_dtype(self.weight.clone(), dtype).transpose());
-        if let Some(bias) = &self.bias {
-            y = y + to_dtype(bias.clone().unsqueeze::<2>(), dtype);
-        }
-        y.reshape(dims)
+        product(&x, &self.weight.values(), self.bias.as_ref()).reshape(dims)
     }
 
     /// `gelu_tanh(self.forward(x))` (Flux's MLP up-projection). On burn-cuda a large product is
@@ -81,12 +82,32 @@ impl<B: Backend> Linear<B> {
     /// the two calls.
     pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let (x, dims) = self.rows(x);
-        let y = match super::fast::linear_gelu(&x, &self.weight, self.bias.as_ref()) {
+        let weight = self.weight.values();
+        let y = match super::fast::linear_gelu(&x, &weight, self.bias.as_ref()) {
             Some(y) => y,
-            None => gelu_tanh(self.forward(x)),
+            None => gelu_tanh(product(&x, &weight, self.bias.as_ref())),
         };
         y.reshape(dims)
     }
+}
+
+/// `x·Wᵀ + b` for a [rows, d_in] `x`: the device's fast path, or burn's matmul.
+fn product<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    // One 2-D GEMM over every leading dimension; the transpose is a strided view.
+    if let Some(y) = super::fast::linear(x, weight, bias) {
+        return y;
+    }
+    // A weight kept in another float type (BF16 device copies) meets `x` in `x`'s type.
+    let dtype = x.dtype();
+    let mut y = x.clone().matmul(to_dtype(weight.clone(), dtype).transpose());
+    if let Some(bias) = bias {
+        y = y + to_dtype(bias.clone().unsqueeze::<2>(), dtype);
+    }
+    y
 }
 
 /// A 2-D convolution with square kernel, symmetric padding, no dilation or groups.

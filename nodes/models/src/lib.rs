@@ -15,6 +15,7 @@ pub mod flux;
 pub mod layers;
 pub mod patcher_source;
 pub mod profile;
+pub mod quant;
 pub mod source;
 pub mod text;
 pub mod vae;

@@ -6,11 +6,14 @@
 //! it is (a shared handle, no copy); anything else (an F16/BF16 copy, or a weight that is not
 //! resident and streams from the mapping) goes through `ModelPatcher::float_weight` and a cast.
 //! Linear layers' matrices are handed out in the copy's own dtype (`load_matrix`): on CUDA the
-//! BF16 device copies feed the matrix products directly.
+//! BF16 device copies feed the matrix products directly; ggml blocks (a quantized-resident load)
+//! are handed out as they are (`load_linear`), for the layer to dequantize at each product.
+use super::quant::{Matrix, QuantMatrix};
+use super::source::dense_matrix;
 use super::{ModelError, TensorSource};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor};
-use weft_engine::patcher::ModelPatcher;
+use weft_engine::patcher::{DeviceWeight, ModelPatcher};
 
 /// A patcher's weights, by their names in the model file.
 pub struct PatcherSource<'a, B: Backend> {
@@ -75,6 +78,40 @@ impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
 
     fn load_matrix(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
         self.native(name, device)
+    }
+
+    /// The patcher's copy as it is: blocks (a quantized-resident load, or an unpatched quantized
+    /// weight streamed from the mapping under `WeightFormat::AsStored`) become a [`QuantMatrix`]
+    /// dequantized at each product into the patcher's compute dtype; floats stay floats.
+    fn load_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Matrix<B>, ModelError> {
+        let weight = self.patcher.weight(name).map_err(|e| ModelError::Config {
+            origin: self.origin(),
+            message: format!("weight {name:?}: {e}"),
+        })?;
+        match weight {
+            DeviceWeight::Blocks { tensor, ty, .. } => {
+                let tensor = if &tensor.device() == device {
+                    tensor
+                } else {
+                    tensor.to_device(device)
+                };
+                let dtype = self.patcher.options().compute_dtype;
+                QuantMatrix::new(tensor, ty, shape, dtype, &self.origin(), name).map(Matrix::Quantized)
+            }
+            DeviceWeight::Float { tensor, .. } => {
+                let tensor = if &tensor.device() == device {
+                    tensor
+                } else {
+                    tensor.to_device(device)
+                };
+                dense_matrix(&self.origin(), name, tensor, shape)
+            }
+        }
     }
 
     fn architecture(&self) -> Option<String> {

@@ -3,6 +3,7 @@
 //! shape checks that turn a bad file into an error instead of a panic.
 use super::ModelError;
 use super::layers::{Conv2d, GroupNorm, Linear};
+use super::quant::Matrix;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use std::collections::BTreeSet;
@@ -29,6 +30,18 @@ pub trait TensorSource<B: Backend> {
     fn load_matrix(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
         self.load(name, device)
     }
+    /// A linear layer's weight `name`, `shape` [d_out, d_in]: as [`load_matrix`](Self::load_matrix)
+    /// (dense), or the ggml blocks a quantized-resident source holds for it, dequantized by the
+    /// layer at each product.
+    fn load_linear(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Matrix<B>, ModelError> {
+        dense_matrix(&self.origin(), name, self.load_matrix(name, device)?, shape)
+    }
+
     /// The architecture the file declares (GGUF `general.architecture`), if any.
     fn architecture(&self) -> Option<String> {
         None
@@ -62,6 +75,25 @@ impl<B: Backend> TensorSource<B> for ModelFile {
             ModelFile::Safetensors(_) => None,
         }
     }
+}
+
+/// Flat `values` of the linear weight `name` as a dense `shape` matrix, or an error (naming
+/// `origin`) when a source's values disagree with its own shape, rather than a reshape panic.
+pub fn dense_matrix<B: Backend>(
+    origin: &str,
+    name: &str,
+    values: Tensor<B, 1>,
+    shape: [usize; 2],
+) -> Result<Matrix<B>, ModelError> {
+    if values.dims()[0] != shape[0] * shape[1] {
+        return Err(ModelError::Shape {
+            origin: origin.to_owned(),
+            name: name.to_owned(),
+            found: values.dims().to_vec(),
+            expected: shape.to_vec(),
+        });
+    }
+    Ok(Matrix::Dense(values.reshape(shape)))
 }
 
 /// A model's view of a [`TensorSource`]: names relative to a prefix (`model.diffusion_model.`,
@@ -154,27 +186,29 @@ impl<'a, B: Backend> Weights<'a, B> {
         accepted: &[&[usize]],
         shape: [usize; D],
     ) -> Result<Tensor<B, D>, ModelError> {
-        self.fetch(name, accepted, shape, false)
+        self.fetch(name, accepted, shape)
     }
 
     /// A linear layer's weight `name` [d_out, d_in] (or `accepted` shapes of as many elements),
-    /// in the source's float type ([`TensorSource::load_matrix`]).
+    /// in the source's float type or quantized-resident ([`TensorSource::load_linear`]).
     fn matrix(
         &self,
         name: &str,
         accepted: &[&[usize]],
         shape: [usize; 2],
-    ) -> Result<Tensor<B, 2>, ModelError> {
-        self.fetch(name, accepted, shape, true)
+    ) -> Result<Matrix<B>, ModelError> {
+        self.check_shape(name, accepted, &shape)?;
+        self.source
+            .load_linear(&self.full(name), shape, &self.device)
     }
 
-    fn fetch<const D: usize>(
+    /// That the source stores `name` with one of the `accepted` shapes.
+    fn check_shape(
         &self,
         name: &str,
         accepted: &[&[usize]],
-        shape: [usize; D],
-        matrix: bool,
-    ) -> Result<Tensor<B, D>, ModelError> {
+        shape: &[usize],
+    ) -> Result<(), ModelError> {
         let found = self.shape(name)?;
         if !accepted.contains(&found.as_slice()) {
             return Err(ModelError::Shape {
@@ -184,10 +218,17 @@ impl<'a, B: Backend> Weights<'a, B> {
                 expected: shape.to_vec(),
             });
         }
-        let values = match matrix {
-            true => self.source.load_matrix(&self.full(name), &self.device)?,
-            false => self.source.load(&self.full(name), &self.device)?,
-        };
+        Ok(())
+    }
+
+    fn fetch<const D: usize>(
+        &self,
+        name: &str,
+        accepted: &[&[usize]],
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, ModelError> {
+        self.check_shape(name, accepted, &shape)?;
+        let values = self.source.load(&self.full(name), &self.device)?;
         if values.dims()[0] != shape.iter().product::<usize>() {
             // A source whose values disagree with its own shape: an error, not a reshape panic.
             return Err(ModelError::Shape {
@@ -204,7 +245,7 @@ impl<'a, B: Backend> Weights<'a, B> {
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
         let weight = self.matrix(&format!("{name}.weight"), &[&[d_out, d_in]], [d_out, d_in])?;
         let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
-        Ok(Linear::new(weight, Some(bias)))
+        Ok(Linear::from_matrix(weight, Some(bias)))
     }
 
     /// A linear layer whose bias may be absent (`name.bias`).
@@ -221,7 +262,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         } else {
             None
         };
-        Ok(Linear::new(weight, bias))
+        Ok(Linear::from_matrix(weight, bias))
     }
 
     /// A channel projection stored either as a linear [c_out, c_in] or a 1x1 conv [c_out, c_in, 1, 1].
@@ -237,7 +278,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             [d_out, d_in],
         )?;
         let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
-        Ok(Linear::new(weight, Some(bias)))
+        Ok(Linear::from_matrix(weight, Some(bias)))
     }
 
     /// A square-kernel conv `name.weight` [c_out, c_in, k, k] with `name.bias` [c_out].

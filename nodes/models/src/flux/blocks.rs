@@ -253,6 +253,11 @@ pub struct DoubleBlock<B: Backend> {
 }
 
 impl<B: Backend> DoubleBlock<B> {
+    /// The float type the block's products see (its image attention's qkv matrix).
+    pub fn matrix_dtype(&self) -> DType {
+        self.img.qkv.dtype()
+    }
+
     pub fn load(w: &Weights<B>, index: usize, cfg: &FluxConfig) -> Result<Self, ModelError> {
         Ok(DoubleBlock {
             img: Stream::load(w, &format!("double_blocks.{index}.img"), cfg)?,

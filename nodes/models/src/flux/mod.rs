@@ -356,7 +356,13 @@ impl<B: Backend> Flux<B> {
     /// ComfyUI and diffusers run Flux in bf16; norms, RoPE and softmax still compute in f32),
     /// else F32. F16 weights keep f32 activations: Flux's activations overflow f16.
     pub fn activation_dtype(&self) -> DType {
-        match self.txt_in.dtype() {
+        // The blocks' matrices decide: the embedders may be stored in F16 in a GGUF whose blocks
+        // are quantized (city96's files), and a quantized-resident model keeps them so.
+        let matrices = self
+            .double_blocks
+            .first()
+            .map_or(self.txt_in.dtype(), DoubleBlock::matrix_dtype);
+        match matrices {
             DType::BF16 => DType::BF16,
             _ => DType::F32,
         }
