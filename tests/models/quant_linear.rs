@@ -67,8 +67,7 @@ fn a_quantized_layer_equals_the_dequantized_one_for_every_block_type() {
         let x: Vec<f32> = values(6, 3 * cols).iter().map(|v| v * scale).collect();
         let quantized = Linear::from_matrix(
             Matrix::Quantized(
-                QuantMatrix::new(blocks(bytes), ty, [rows, cols], DType::F32, "test", "w")
-                    .unwrap(),
+                QuantMatrix::new(blocks(bytes), ty, [rows, cols], DType::F32, "test", "w").unwrap(),
             ),
             Some(tensor(bias.clone(), [rows])),
         );
@@ -89,8 +88,16 @@ fn a_quantized_layer_equals_the_dequantized_one_for_every_block_type() {
         // A row split is a byte range of the blocks: each half is the dense half.
         let [q_top, q_rest] = quantized.split_rows(2);
         let [d_top, d_rest] = dense.split_rows(2);
-        assert_eq!(bits(q_top.forward(x.clone())), bits(d_top.forward(x.clone())), "{ty}: top");
-        assert_eq!(bits(q_rest.forward(x.clone())), bits(d_rest.forward(x)), "{ty}: rest");
+        assert_eq!(
+            bits(q_top.forward(x.clone())),
+            bits(d_top.forward(x.clone())),
+            "{ty}: top"
+        );
+        assert_eq!(
+            bits(q_rest.forward(x.clone())),
+            bits(d_rest.forward(x)),
+            "{ty}: rest"
+        );
     }
 }
 
@@ -146,6 +153,13 @@ fn blocks_that_do_not_hold_the_matrix_are_an_error_naming_the_tensor() {
         "w",
     ));
     assert!(float.contains("not a quantized type"), "{float}");
-    let int = error(QuantMatrix::new(blocks(bytes), ty, [1, 256], DType::I32, "m.gguf", "w"));
+    let int = error(QuantMatrix::new(
+        blocks(bytes),
+        ty,
+        [1, 256],
+        DType::I32,
+        "m.gguf",
+        "w",
+    ));
     assert!(int.contains("cannot dequantize into"), "{int}");
 }

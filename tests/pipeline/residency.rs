@@ -37,7 +37,9 @@ fn run(residency: ResidencyChoice, capacity: Option<u64>) -> (Vec<f32>, WeightFo
     let Value::Object(unet) = bench.output("unet", 0) else {
         panic!("unet: a MODEL")
     };
-    let unet = unet.downcast_arc::<ModelHandle<B>>().expect("a ModelHandle");
+    let unet = unet
+        .downcast_arc::<ModelHandle<B>>()
+        .expect("a ModelHandle");
     let patcher = unet.patcher();
     (image, patcher.options().format, patcher.full_bytes())
 }

@@ -8,6 +8,7 @@
 //! `weft run --device` does for a loader node; the `ModelBench` builds the network from the loaded
 //! patcher and runs Euler steps on random inputs; this half times, syncs and measures memory.
 use super::run::RunDevice;
+use crate::memory_args::MemoryArgs;
 use anyhow::Context;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
@@ -16,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use weft_cuda::on_cuda::{OnBackend, on_cuda};
-use crate::memory_args::MemoryArgs;
 use weft_engine::memory::MemoryManager;
 use weft_engine::patcher::{LoadOptions, ModelPatcher, WeightDevice};
 

@@ -49,7 +49,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gb" => 1e9,
         "t" | "tib" => (1u64 << 40) as f64,
         "tb" => 1e12,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ));
+        }
     };
     let value: f64 = number
         .parse()
@@ -127,7 +131,11 @@ mod tests {
         assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("8 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_size("8 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_size("0GiB").is_err());
         assert!(parse_size("GiB").is_err());
         assert!(

@@ -21,6 +21,8 @@ pub const FLASH_ATTN_SM90_CU: &str = concat!(
     include_str!("kernels/flash_common.cuh"),
     include_str!("kernels/flash_attn_sm90.cu")
 );
+/// NVRTC options of both kernels besides the architecture.
+pub const NVRTC_OPTIONS: &[&str] = &["--std=c++17"];
 
 /// Query rows per CTA (both kernels: 8 warps × 16 rows, or 2 warpgroups × 64 rows).
 pub const BLOCK_Q: usize = 128;

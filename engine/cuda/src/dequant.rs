@@ -398,20 +398,3 @@ impl Drop for CudaDequant {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Compiles `dequant.cu` with the options `CudaDequant` uses. Needs libnvrtc (no GPU):
-    /// `cargo test -p weft-cuda --features cuda nvrtc -- --ignored`.
-    #[test]
-    #[ignore = "needs libnvrtc"]
-    fn nvrtc_compiles_the_dequant_kernels() {
-        for arch in ["sm_80", "sm_90"] {
-            let text = ptx_for(arch).unwrap_or_else(|e| panic!("{e}")).to_src();
-            assert!(text.contains(".entry "), "{arch}: no entry point");
-            assert!(!text.contains(".local"), "{arch}: local-memory array");
-        }
-    }
-}

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::CudaBackend;
+use crate::fence_plan;
 
 #[cube(launch_unchecked)]
 fn fence_signal(flag: &mut Array<Atomic<u32>>, value: u32) {
@@ -48,20 +49,6 @@ fn fence_wait(flag: &mut Array<Atomic<u32>>, value: u32) {
 #[derive(Debug, thiserror::Error)]
 #[error("stream fence: {0}")]
 pub struct FenceError(String);
-
-/// weft's side of the fence, compiled by NVRTC: volatile accesses go to L2, where burn's side
-/// reads and writes the same words.
-const FENCE_CU: &str = r#"
-extern "C" __global__ void weft_fence_wait(const volatile unsigned int *flag, unsigned int n) {
-    while (*flag < n) {
-    }
-    __threadfence();
-}
-extern "C" __global__ void weft_fence_signal(volatile unsigned int *flag, unsigned int n) {
-    __threadfence();
-    *flag = n;
-}
-"#;
 
 /// The two device words of one device and their sequence.
 pub struct StreamFence {
@@ -95,8 +82,13 @@ impl StreamFence {
             .compute_capability()
             .map_err(|e| FenceError(format!("{e:?}")))?;
         let arch = super::dequant_plan::gpu_arch(major, minor);
-        let ptx = super::nvrtc::compile("fence.cu", FENCE_CU, &arch, &[])
-            .map_err(|e| FenceError(format!("NVRTC: {e}")))?;
+        let ptx = super::nvrtc::compile(
+            "fence.cu",
+            fence_plan::KERNEL_SOURCE,
+            &arch,
+            fence_plan::NVRTC_OPTIONS,
+        )
+        .map_err(|e| FenceError(format!("NVRTC: {e}")))?;
         let module = context
             .load_module(ptx)
             .map_err(|e| FenceError(format!("loading the kernels: {e:?}")))?;
@@ -339,23 +331,5 @@ pub fn after(ticket: Ticket, stream: &CudaStream) -> Result<(), FenceError> {
             host_wait()
         }),
         Ticket::Host => host_wait(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Compiles the fence kernels as `StreamFence` does. Needs libnvrtc (no GPU):
-    /// `cargo test -p weft-cuda --features cuda nvrtc -- --ignored`.
-    #[test]
-    #[ignore = "needs libnvrtc"]
-    fn nvrtc_compiles_the_fence_kernels() {
-        let text = super::super::nvrtc::compile("fence.cu", FENCE_CU, "sm_80", &[])
-            .unwrap_or_else(|e| panic!("{e}"))
-            .to_src();
-        for name in ["weft_fence_wait", "weft_fence_signal"] {
-            assert!(text.contains(&format!(".entry {name}(")), "{name} missing");
-        }
     }
 }

@@ -17,6 +17,8 @@ const CUDA_MAX_GRID_X: u64 = (1 << 31) - 1;
 
 /// The kernels' CUDA C source, compiled at run time by NVRTC.
 pub const KERNEL_SOURCE: &str = include_str!("kernels/fused.cu");
+/// NVRTC options besides the architecture.
+pub const NVRTC_OPTIONS: &[&str] = &["--std=c++14"];
 
 /// The kernel families of `fused.cu`.
 pub const KERNELS: [&str; 5] = [

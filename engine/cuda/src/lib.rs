@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod attention_plan;
 pub mod dequant_plan;
+pub mod fence_plan;
 pub mod fused_plan;
 pub mod layout;
 pub mod on_cuda;
@@ -26,7 +27,7 @@ pub mod fence;
 pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod gemm;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "nvrtc")]
 pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod weight_device;

@@ -213,12 +213,7 @@ impl<B: Backend> MemoryManager<B> {
             Residency::Dequantized => patcher,
             Residency::Quantized => ModelPatcher::open(path, self.device.clone(), quantized)?,
         };
-        tracing::info!(
-            "{}: {} ({})",
-            path.display(),
-            plan.residency,
-            plan.reason
-        );
+        tracing::info!("{}: {} ({})", path.display(), plan.residency, plan.reason);
         Ok((patcher, plan))
     }
 

@@ -96,7 +96,9 @@ pub fn plan(
         human_bytes(quantized_bytes)
     );
     let (residency, reason) = match (choice, room) {
-        (ResidencyChoice::Dequantized, _) => (Residency::Dequantized, format!("asked for ({sizes})")),
+        (ResidencyChoice::Dequantized, _) => {
+            (Residency::Dequantized, format!("asked for ({sizes})"))
+        }
         (ResidencyChoice::Quantized, _) => (Residency::Quantized, format!("asked for ({sizes})")),
         _ if quantized_bytes >= dense_bytes => (
             Residency::Dequantized,
@@ -149,9 +151,17 @@ mod tests {
         assert_eq!(on(26 * GIB), Residency::Dequantized, "22.2 + 3.7 GiB <= 26");
         let unknown = plan(ResidencyChoice::Auto, dense, quantized, None);
         assert_eq!(unknown.residency, Residency::Dequantized);
-        assert!(unknown.reason.contains("reports no free memory"), "{}", unknown.reason);
+        assert!(
+            unknown.reason.contains("reports no free memory"),
+            "{}",
+            unknown.reason
+        );
         let tight = plan(ResidencyChoice::Auto, dense, quantized, Some(16 * GIB));
-        assert!(tight.reason.contains("does not fit 16.00 GiB"), "{}", tight.reason);
+        assert!(
+            tight.reason.contains("does not fit 16.00 GiB"),
+            "{}",
+            tight.reason
+        );
     }
 
     #[test]
@@ -171,8 +181,14 @@ mod tests {
     #[test]
     fn the_forms_map_onto_load_options() {
         let q = Residency::Quantized.options(DType::BF16);
-        assert_eq!((q.format, q.compute_dtype), (WeightFormat::AsStored, DType::BF16));
+        assert_eq!(
+            (q.format, q.compute_dtype),
+            (WeightFormat::AsStored, DType::BF16)
+        );
         let d = Residency::Dequantized.options(DType::F32);
-        assert_eq!((d.format, d.compute_dtype), (WeightFormat::Dequantized, DType::F32));
+        assert_eq!(
+            (d.format, d.compute_dtype),
+            (WeightFormat::Dequantized, DType::F32)
+        );
     }
 }

@@ -4,11 +4,11 @@
 //!
 //! Weights keep the layout of the checkpoints ([out, in] for linear layers, as PyTorch and GGUF
 //! store them), so loading is a reshape and never a transpose.
+use super::quant::Matrix;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use super::quant::Matrix;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 /// `y = x·Wᵀ + b` with `W` stored [d_out, d_in] (PyTorch's layout; burn's own `Linear` is
@@ -58,7 +58,10 @@ impl<B: Backend> Linear<B> {
         let bias = |start, len| self.bias.clone().map(|b| b.narrow(0, start, len));
         [
             Linear::from_matrix(self.weight.narrow_rows(0, at), bias(0, at)),
-            Linear::from_matrix(self.weight.narrow_rows(at, d_out - at), bias(at, d_out - at)),
+            Linear::from_matrix(
+                self.weight.narrow_rows(at, d_out - at),
+                bias(at, d_out - at),
+            ),
         ]
     }
 
@@ -103,7 +106,9 @@ fn product<B: Backend>(
     }
     // A weight kept in another float type (BF16 device copies) meets `x` in `x`'s type.
     let dtype = x.dtype();
-    let mut y = x.clone().matmul(to_dtype(weight.clone(), dtype).transpose());
+    let mut y = x
+        .clone()
+        .matmul(to_dtype(weight.clone(), dtype).transpose());
     if let Some(bias) = bias {
         y = y + to_dtype(bias.clone().unsqueeze::<2>(), dtype);
     }

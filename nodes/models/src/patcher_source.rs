@@ -101,7 +101,8 @@ impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
                     tensor.to_device(device)
                 };
                 let dtype = self.patcher.options().compute_dtype;
-                QuantMatrix::new(tensor, ty, shape, dtype, &self.origin(), name).map(Matrix::Quantized)
+                QuantMatrix::new(tensor, ty, shape, dtype, &self.origin(), name)
+                    .map(Matrix::Quantized)
             }
             DeviceWeight::Float { tensor, .. } => {
                 let tensor = if &tensor.device() == device {

@@ -124,8 +124,9 @@ impl<B: Backend> QuantMatrix<B> {
         let mut values = vec![0f32; self.rows * self.cols];
         dequant::dequantize(self.ty, bytes, &mut values, "quantized matrix")
             .expect("QuantMatrix::new checked that the blocks hold the matrix");
-        let values = Tensor::<B, 1>::from_data(TensorData::new(values, [self.rows * self.cols]), &device)
-            .reshape([self.rows, self.cols]);
+        let values =
+            Tensor::<B, 1>::from_data(TensorData::new(values, [self.rows * self.cols]), &device)
+                .reshape([self.rows, self.cols]);
         match self.dtype {
             DType::F16 => values.cast(FloatDType::F16),
             DType::BF16 => values.cast(FloatDType::BF16),
