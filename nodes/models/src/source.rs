@@ -30,6 +30,7 @@ pub trait TensorSource<B: Backend> {
     fn load_matrix(&self, name: &str, device: &B::Device) -> Result<Tensor<B, 1>, ModelError> {
         self.load(name, device)
     }
+
     /// A linear layer's weight `name`, `shape` [d_out, d_in]: as [`load_matrix`](Self::load_matrix)
     /// (dense), or the ggml blocks a quantized-resident source holds for it, dequantized by the
     /// layer at each product.
