@@ -38,7 +38,7 @@ pub const LORA_FOLDERS: &[&str] = &["loras"];
 pub fn weight_device<B: Backend>(ctx: &NodeContext<'_, B>) -> Arc<dyn WeightDevice<B>> {
     match MemoryManager::<B>::from_services(&ctx.env().services) {
         Some(manager) => manager.device().clone(),
-        None => Arc::new(BurnDevice::host(ctx.device().clone())),
+        None => Arc::new(BurnDevice::host_mapped(ctx.device().clone())),
     }
 }
 

@@ -4,6 +4,7 @@
 //! device dequantizes itself, and `weft bench offload` on a ~200 MB model for 20 cycles. Models
 //! are generated into temporary folders at test time.
 mod bench;
+mod cpu_quantized;
 mod lora;
 mod manager;
 mod mapping;
@@ -18,7 +19,8 @@ use weft_engine::patcher::{BurnDevice, LoadOptions, ModelPatcher, WeightDevice};
 use weft_engine::weights::{CachePolicy, MmapCache, WeightSource};
 use weft_tests::B;
 
-/// The CPU device, as the CLI makes it.
+/// The CPU device with every weight copied (the patcher's plain semantics; the CLI leaves quantized
+/// blocks in the mapping: `BurnDevice::host_mapped`).
 pub fn cpu() -> Arc<dyn WeightDevice<B>> {
     Arc::new(BurnDevice::host(Default::default()))
 }

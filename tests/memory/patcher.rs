@@ -270,6 +270,7 @@ fn a_device_copy_never_writes_to_the_base() {
                 TensorPrimitive::QFloat(_) => unreachable!("weights are never burn-quantized"),
             },
             DeviceWeight::Blocks { tensor, .. } => tensor.into_primitive(),
+            DeviceWeight::Mapped(_) => unreachable!("a copying host device maps nothing"),
         };
         let start = primitive.bytes().as_ptr() as usize;
         assert!(
@@ -355,4 +356,66 @@ fn errors_name_the_file_and_the_tensor() {
         },
     );
     assert!(bad.unwrap_err().to_string().contains("I32"));
+}
+
+/// `BurnDevice::host_mapped` (the CLI's CPU device) leaves quantized blocks in the mapping: a
+/// view inside it, equal to the file, costing no device bytes; floats are still copied, and
+/// offload drops both.
+#[test]
+fn a_mapped_host_device_reads_quantized_blocks_in_place() {
+    use std::sync::Arc;
+    use weft_engine::patcher::{BurnDevice, ModelPatcher};
+    use weft_engine::weights::WeightSource;
+    let dir = tempfile::tempdir().unwrap();
+    let path = small_model(dir.path(), "m.gguf");
+    let cache = cache();
+    let p = ModelPatcher::<B>::new(
+        Arc::new(WeightSource::open_in(&cache, &path).unwrap()),
+        Arc::new(BurnDevice::host_mapped(Default::default())),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let report = p.load(None).unwrap();
+    assert_eq!((report.uploaded, report.streamed), (MODEL_TENSORS.len(), 0));
+    let float_bytes: u64 = p
+        .source()
+        .tensors()
+        .iter()
+        .filter(|t| !t.dtype.ggml().is_some_and(|ty| ty.is_quantized()))
+        .map(|t| t.nbytes)
+        .sum();
+    assert!(float_bytes > 0 && float_bytes < p.source().tensor_bytes_total());
+    assert_eq!(p.device_bytes(), float_bytes);
+    let map = p.source().mapping().bytes().as_ptr_range();
+    for info in p.source().tensors() {
+        let weight = p.resident(&info.name).expect("resident");
+        let quantized = info.dtype.ggml().is_some_and(|ty| ty.is_quantized());
+        match &weight {
+            DeviceWeight::Mapped(m) => {
+                assert!(quantized, "{}", info.name);
+                assert!(map.contains(&m.bytes().as_ptr()), "{}", info.name);
+                assert_eq!(m.shape(), weight.shape());
+                assert_eq!(weight.device_bytes(), 0);
+            }
+            _ => assert!(!quantized, "{}: blocks were copied", info.name),
+        }
+        assert!(
+            weight.read_back().unwrap() == file[info.range()],
+            "{}",
+            info.name
+        );
+    }
+    assert!(p.verify().unwrap().is_empty());
+    let freed = p.offload();
+    assert_eq!(
+        (freed.tensors, freed.bytes),
+        (MODEL_TENSORS.len(), float_bytes)
+    );
+    assert!(
+        p.source()
+            .tensors()
+            .iter()
+            .all(|t| p.resident(&t.name).is_none())
+    );
 }

@@ -163,3 +163,52 @@ fn blocks_that_do_not_hold_the_matrix_are_an_error_naming_the_tensor() {
     ));
     assert!(int.contains("cannot dequantize into"), "{int}");
 }
+
+fn quant_linear_args(d_in: usize) -> weft::bench_quant::QuantLinearArgs {
+    weft::bench_quant::QuantLinearArgs {
+        device: "cpu".into(),
+        tokens: 3,
+        d_in,
+        d_out: 5,
+        types: Vec::new(),
+        iters: 1,
+        seed: 3,
+        json: false,
+    }
+}
+
+#[test]
+fn bench_quant_linear_checks_every_quantized_type_on_the_cpu() {
+    let report = weft::bench_quant::measure(&quant_linear_args(256)).unwrap();
+    assert_eq!(report.dtype, "F32");
+    let names: Vec<&str> = report.rows.iter().map(|r| r.ty.as_str()).collect();
+    for name in [
+        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(
+        names.contains(&"IQ4_NL") && names.contains(&"IQ4_XS"),
+        "{names:?}"
+    );
+    assert!(report.passed());
+    for row in &report.rows {
+        // On the CPU both layers see the CPU dequantizer's values: the outputs are equal.
+        assert_eq!(row.max_abs_diff, 0.0, "{row:?}");
+        assert!(
+            row.max_abs_ref > 0.0 && row.max_abs_ref.is_finite(),
+            "{row:?}"
+        );
+        assert_eq!(row.dense_bytes, 5 * 256 * 4);
+        assert!(row.block_bytes < row.dense_bytes, "{row:?}");
+        assert!(row.dense_ms > 0.0 && row.quantized_ms > 0.0, "{row:?}");
+    }
+    let q8 = report.rows.iter().find(|r| r.ty == "Q8_0").unwrap();
+    assert_eq!(q8.block_bytes, 5 * 8 * 34);
+}
+
+#[test]
+fn bench_quant_linear_rejects_widths_that_are_not_whole_blocks() {
+    let error = weft::bench_quant::measure(&quant_linear_args(100)).unwrap_err();
+    assert!(error.to_string().contains("--d-in 100"), "{error}");
+}

@@ -43,6 +43,9 @@ pub enum BenchCommand {
     Model(super::bench_model::BenchModelArgs),
     /// Write a Flux-shaped GGUF with random weights (city96's type mix), tensor by tensor.
     SynthFlux(super::bench_model::SynthFluxArgs),
+    /// Check the quantized-resident linear layer against the dequantized one for every quantized
+    /// type (fails beyond bf16 tolerance) and time both.
+    QuantLinear(super::bench_quant::QuantLinearArgs),
 }
 
 pub fn run(cmd: BenchCommand, models: &impl super::bench_model::ModelBench) -> anyhow::Result<()> {
@@ -97,6 +100,7 @@ pub fn run(cmd: BenchCommand, models: &impl super::bench_model::ModelBench) -> a
         BenchCommand::Fused(args) => weft_cuda::bench_fused::run_fused(args),
         BenchCommand::Model(args) => super::bench_model::run_model(args, models),
         BenchCommand::SynthFlux(args) => super::bench_model::run_synth(args, models),
+        BenchCommand::QuantLinear(args) => super::bench_quant::run(args),
     }
 }
 

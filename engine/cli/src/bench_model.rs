@@ -1,5 +1,5 @@
 //! `weft bench model FILE [--device cpu|cuda:N] [--res 1024] [--steps 4] [--json]` and
-//! `weft bench synth-flux OUT --type q8_0|q4_k [--shape dev|tiny] [--seed N]`: a diffusion model's load time, per-step time and peak memory,
+//! `weft bench synth-flux OUT --type q8_0|q4_k [--shape dev|tiny|small] [--seed N]`: a diffusion model's load time, per-step time and peak memory,
 //! and the synthetic file to run it on.
 //!
 //! The model-specific half comes through [`ModelBench`] (`crate::bench_flux::FluxBench` in
@@ -114,8 +114,8 @@ pub struct SynthFluxArgs {
     /// Quantization of the block matrices (city96's mix around them).
     #[arg(long = "type", value_name = "q8_0|q4_k", default_value = "q8_0")]
     pub quant: String,
-    /// `dev` (FLUX.1-dev's names and shapes, ~12 GB at Q8_0) or `tiny` (the same structure,
-    /// small widths, for tests).
+    /// `dev` (FLUX.1-dev's names and shapes, ~12 GB at Q8_0), `tiny` (the same structure,
+    /// small widths, for tests) or `small` (214 MB at Q8_0, for memory tests on the CPU).
     #[arg(long, default_value = "dev")]
     pub shape: String,
     /// Seed of the random weights.
@@ -163,6 +163,11 @@ pub struct ModelBenchReport {
     pub peak_pool_reserved_bytes: Option<u64>,
     /// The process's peak resident memory (VmHWM, Linux), mapped file pages included.
     pub peak_rss_bytes: Option<u64>,
+    /// Anonymous resident memory (RssAnon, Linux) before the file was opened.
+    pub host_anon_before_bytes: Option<u64>,
+    /// The largest anonymous resident memory sampled (every millisecond) from the open to the
+    /// last step: on the CPU, what the weights and activations cost beyond the mapped pages.
+    pub peak_host_anon_bytes: Option<u64>,
     /// Every value of the final latent is finite.
     pub latent_finite: bool,
     /// The `WEFT_PROFILE=1` per-op table, when profiling.
@@ -224,7 +229,7 @@ pub fn measure(
     match device {
         RunDevice::Cpu => {
             type B = super::CliBackend;
-            let weights = Arc::new(weft_engine::patcher::BurnDevice::<B>::host(
+            let weights = Arc::new(weft_engine::patcher::BurnDevice::<B>::host_mapped(
                 Default::default(),
             ));
             measure_on::<B>(args, models, Default::default(), weights, false)
@@ -290,6 +295,8 @@ fn measure_on<B: Backend>(
         .flatten()
         .map(|c| c.total.saturating_sub(c.free));
     let policy = args.memory.policy().map_err(anyhow::Error::msg)?;
+    let anon = weft_engine::memory::proc::AnonPeak::start();
+    let anon_before = anon.as_ref().map(|a| a.peak());
     let manager = MemoryManager::<B>::new(weights.clone(), policy);
     let load_started = Instant::now();
     let (patcher, residency) = manager
@@ -365,6 +372,8 @@ fn measure_on<B: Backend>(
         peak_device_used_bytes: peaks.used,
         peak_pool_reserved_bytes: peaks.pool,
         peak_rss_bytes: weft_engine::memory::proc::peak_resident_memory(),
+        host_anon_before_bytes: anon_before,
+        peak_host_anon_bytes: anon.as_ref().map(|a| a.peak()),
         latent_finite,
         profile,
     })
@@ -402,7 +411,12 @@ fn print_report(r: &ModelBenchReport) {
         gib(r.device_used_before_bytes),
         gib(r.peak_pool_reserved_bytes)
     );
-    println!("peak RSS: {}", gib(r.peak_rss_bytes));
+    println!(
+        "peak RSS: {}; anonymous memory: peak {}, before load {}",
+        gib(r.peak_rss_bytes),
+        gib(r.peak_host_anon_bytes),
+        gib(r.host_anon_before_bytes)
+    );
     if let Some(profile) = &r.profile {
         print!("per-op profile over the steps after the first (waits around each op):\n{profile}");
     }

@@ -11,6 +11,7 @@ mod bench;
 pub mod bench_flux;
 pub mod bench_model;
 mod bench_offload;
+pub mod bench_quant;
 pub mod gguf;
 pub mod memory_args;
 mod nodes;

@@ -72,7 +72,7 @@ impl std::str::FromStr for RunDevice {
 pub(super) fn run(args: RunArgs, plugins: &impl Plugins) -> anyhow::Result<ExitCode> {
     match args.device {
         RunDevice::Cpu => {
-            let device = Arc::new(weft_engine::patcher::BurnDevice::<CliBackend>::host(
+            let device = Arc::new(weft_engine::patcher::BurnDevice::<CliBackend>::host_mapped(
                 Default::default(),
             ));
             run_on::<CliBackend>(args, plugins, Default::default(), device)

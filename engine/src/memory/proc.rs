@@ -26,6 +26,60 @@ pub fn peak_resident_memory() -> Option<u64> {
     status_field(&status, "VmHWM:")
 }
 
+/// The largest anonymous resident memory (`RssAnon`) seen while it lives: a thread reads
+/// /proc/self/status every millisecond (Linux has no peak of its own for anonymous memory), so
+/// a peak shorter than that may be missed; buffers that live across a layer's product are not.
+pub struct AnonPeak {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AnonPeak {
+    /// Starts sampling; `None` where /proc is not available.
+    pub fn start() -> Option<Self> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let first = resident_memory()?.anon;
+        let peak = std::sync::Arc::new(AtomicU64::new(first));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("anon-peak".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    if let Some(m) = resident_memory() {
+                        p.fetch_max(m.anon, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+            .ok()?;
+        Some(AnonPeak {
+            peak,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The peak so far (bytes), including a reading taken now.
+    pub fn peak(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        if let Some(m) = resident_memory() {
+            self.peak.fetch_max(m.anon, Ordering::Relaxed);
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AnonPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn status_field(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line[name.len()..]

@@ -8,6 +8,7 @@
 use crate::weights::WeightSource;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Int, Tensor, TensorData};
+use std::sync::Arc;
 use weft_formats::gguf::GgmlType;
 
 /// One weight on the device.
@@ -29,6 +30,50 @@ pub enum DeviceWeight<B: Backend> {
         /// PyTorch order.
         shape: Vec<usize>,
     },
+    /// A quantized weight's blocks left in the file's read-only mapping, on a device whose memory
+    /// is the host's ([`WeightDevice::reads_mapping`]): nothing is copied; the CPU dequantizer
+    /// reads the mapped pages at each product. Never handed to burn (burn may write its tensors
+    /// in place), so the mapping stays unwritable.
+    Mapped(MappedBlocks),
+}
+
+/// One quantized tensor's blocks in the mapping of a [`WeightSource`].
+#[derive(Debug, Clone)]
+pub struct MappedBlocks {
+    source: Arc<WeightSource>,
+    index: usize,
+    ty: GgmlType,
+    shape: Vec<usize>,
+}
+
+impl MappedBlocks {
+    /// Tensor `index` of `source`; `None` unless it is stored as quantized blocks.
+    pub fn new(source: Arc<WeightSource>, index: usize) -> Option<Self> {
+        let info = source.tensors().get(index)?;
+        let ty = info.dtype.ggml().filter(|t| t.is_quantized())?;
+        let shape = info.shape.iter().map(|&d| d as usize).collect();
+        Some(MappedBlocks {
+            source,
+            index,
+            ty,
+            shape,
+        })
+    }
+
+    /// The blocks, as stored (a view of the mapping).
+    pub fn bytes(&self) -> &[u8] {
+        self.source.bytes(&self.source.tensors()[self.index])
+    }
+
+    /// Their ggml type.
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// PyTorch order.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
 }
 
 impl<B: Backend> Clone for DeviceWeight<B> {
@@ -43,6 +88,7 @@ impl<B: Backend> Clone for DeviceWeight<B> {
                 ty: *ty,
                 shape: shape.clone(),
             },
+            DeviceWeight::Mapped(blocks) => DeviceWeight::Mapped(blocks.clone()),
         }
     }
 }
@@ -54,6 +100,7 @@ impl<B: Backend> std::fmt::Debug for DeviceWeight<B> {
                 write!(f, "Float({:?}, {shape:?})", tensor.dtype())
             }
             DeviceWeight::Blocks { ty, shape, .. } => write!(f, "Blocks({ty}, {shape:?})"),
+            DeviceWeight::Mapped(m) => write!(f, "Mapped({}, {:?})", m.ty, m.shape),
         }
     }
 }
@@ -63,22 +110,25 @@ impl<B: Backend> DeviceWeight<B> {
     pub fn shape(&self) -> &[usize] {
         match self {
             DeviceWeight::Float { shape, .. } | DeviceWeight::Blocks { shape, .. } => shape,
+            DeviceWeight::Mapped(m) => &m.shape,
         }
     }
 
-    /// The device tensor's element type.
+    /// The device tensor's element type (`U8` for blocks, mapped or not).
     pub fn dtype(&self) -> DType {
         match self {
             DeviceWeight::Float { tensor, .. } => tensor.dtype(),
             DeviceWeight::Blocks { tensor, .. } => tensor.dtype(),
+            DeviceWeight::Mapped(_) => DType::U8,
         }
     }
 
-    /// Bytes the device copy takes.
+    /// Bytes the device copy takes (none for blocks left in the mapping).
     pub fn device_bytes(&self) -> u64 {
         let (n, dtype) = match self {
             DeviceWeight::Float { tensor, .. } => (tensor.dims()[0], tensor.dtype()),
             DeviceWeight::Blocks { tensor, .. } => (tensor.dims()[0], tensor.dtype()),
+            DeviceWeight::Mapped(_) => return 0,
         };
         (n * dtype.size()) as u64
     }
@@ -101,6 +151,7 @@ impl<B: Backend> DeviceWeight<B> {
         let data = match self {
             DeviceWeight::Float { tensor, .. } => tensor.to_data(),
             DeviceWeight::Blocks { tensor, .. } => tensor.to_data(),
+            DeviceWeight::Mapped(m) => return Ok(m.bytes().to_vec()),
         };
         Ok(data.as_bytes().to_vec())
     }
@@ -192,6 +243,13 @@ pub trait WeightDevice<B: Backend>: Send + Sync + 'static {
     /// A new `U8` tensor holding `bytes` (a quantized weight's blocks).
     fn upload_blocks(&self, bytes: &[u8], what: &str) -> Result<Tensor<B, 1, Int>, DeviceError>;
 
+    /// Whether quantized blocks kept as stored stay in the file's mapping instead of being copied
+    /// ([`DeviceWeight::Mapped`]): a device whose memory is the host's, where the CPU
+    /// dequantizer reads the mapped pages in place.
+    fn reads_mapping(&self) -> bool {
+        false
+    }
+
     /// The dtype weights are dequantized to on this device when the loader does not say
     /// (CUDA: BF16, what its matrix products run on; host memory: F32, what the CPU computes in).
     fn weight_dtype(&self) -> DType {
@@ -280,6 +338,7 @@ pub(crate) fn fresh_bytes(data: HostData<'_>, dtype: DType) -> Bytes {
 pub struct BurnDevice<B: Backend> {
     device: B::Device,
     host_memory: bool,
+    reads_mapping: bool,
 }
 
 impl<B: Backend> BurnDevice<B> {
@@ -289,6 +348,17 @@ impl<B: Backend> BurnDevice<B> {
         BurnDevice {
             device,
             host_memory: true,
+            reads_mapping: false,
+        }
+    }
+
+    /// [`host`](Self::host), but quantized blocks kept as stored are not copied: they stay in
+    /// the file's mapping ([`DeviceWeight::Mapped`]) and the CPU dequantizer reads them there at
+    /// each product, so a quantized-resident model costs its mapped pages, not a second copy.
+    pub fn host_mapped(device: B::Device) -> Self {
+        BurnDevice {
+            reads_mapping: true,
+            ..Self::host(device)
         }
     }
 
@@ -298,6 +368,7 @@ impl<B: Backend> BurnDevice<B> {
         BurnDevice {
             device,
             host_memory: false,
+            reads_mapping: false,
         }
     }
 }
@@ -336,6 +407,10 @@ impl<B: Backend> WeightDevice<B> for BurnDevice<B> {
             TensorData::from_bytes(bytes, [n], dtype),
             (&self.device, dtype),
         ))
+    }
+
+    fn reads_mapping(&self) -> bool {
+        self.reads_mapping
     }
 
     fn upload_blocks(&self, bytes: &[u8], _what: &str) -> Result<Tensor<B, 1, Int>, DeviceError> {

@@ -20,8 +20,8 @@ mod materialize;
 mod stats;
 
 pub use device::{
-    BurnDevice, DeviceCapacity, DeviceError, DeviceUsage, DeviceWeight, HostData, WeightDevice,
-    element_count,
+    BurnDevice, DeviceCapacity, DeviceError, DeviceUsage, DeviceWeight, HostData, MappedBlocks,
+    WeightDevice, element_count,
 };
 pub use handle::ModelHandle;
 pub use lora::{LoraFactors, LoraKeyMap, LoraMatch, PatchKind, WeightPatch, lora_patches};
@@ -220,7 +220,7 @@ impl<B: Backend> ModelCore<B> {
         self.device.begin_load(&self.source).map_err(device_err)?;
         let weight = self
             .materialize(info, patches, options)
-            .and_then(|host| self.upload(host, &info.name, &info.shape));
+            .and_then(|host| self.upload(host, index));
         let landed = self.device.end_load().map_err(device_err);
         let weight = weight?;
         landed?;
@@ -239,13 +239,12 @@ impl<B: Backend> ModelCore<B> {
         })
     }
 
-    fn upload(
-        &self,
-        host: HostWeight<'_>,
-        name: &str,
-        shape: &[u64],
-    ) -> Result<DeviceWeight<B>, PatchError> {
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    /// Tensor `index`'s device copy made from `host` (blocks stay in the mapping where the device
+    /// reads it: [`WeightDevice::reads_mapping`]).
+    fn upload(&self, host: HostWeight<'_>, index: usize) -> Result<DeviceWeight<B>, PatchError> {
+        let info = &self.source.tensors()[index];
+        let name = info.name.as_str();
+        let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
         let fail = |error| PatchError::Upload {
             path: self.path().to_owned(),
             tensor: name.to_owned(),
@@ -256,10 +255,18 @@ impl<B: Backend> ModelCore<B> {
                 tensor: self.device.upload_float(data, dtype, name).map_err(fail)?,
                 shape,
             },
-            HostWeight::Blocks(bytes, ty) => DeviceWeight::Blocks {
-                tensor: self.device.upload_blocks(bytes, name).map_err(fail)?,
-                ty,
-                shape,
+            HostWeight::Blocks(bytes, ty) => match self
+                .device
+                .reads_mapping()
+                .then(|| MappedBlocks::new(self.source.clone(), index))
+                .flatten()
+            {
+                Some(mapped) => DeviceWeight::Mapped(mapped),
+                None => DeviceWeight::Blocks {
+                    tensor: self.device.upload_blocks(bytes, name).map_err(fail)?,
+                    ty,
+                    shape,
+                },
             },
             HostWeight::OnDevice(bytes, ty, dtype) => {
                 let elements = shape.iter().product();
@@ -571,7 +578,7 @@ impl<B: Backend> ModelPatcher<B> {
                     .get(&index)
                     .map_or((0, &[][..]), |(k, list)| (*k, list.as_slice()));
                 let host = core.materialize(info, patches, core.options)?;
-                let weight = core.upload(host, &info.name, &info.shape)?;
+                let weight = core.upload(host, index)?;
                 let bytes = weight.device_bytes();
                 state.put(
                     index,
@@ -637,7 +644,7 @@ impl<B: Backend> ModelPatcher<B> {
                 state.take(index);
                 let info = &core.source.tensors()[index];
                 let host = core.materialize(info, &[], core.options)?;
-                let weight = core.upload(host, &info.name, &info.shape)?;
+                let weight = core.upload(host, index)?;
                 let bytes = weight.device_bytes();
                 state.put(
                     index,
@@ -712,15 +719,17 @@ impl<B: Backend> ModelPatcher<B> {
         };
         let weight = core.load_one(index, patches, dense)?;
         core.lock().streamed += 1;
-        match weight {
-            DeviceWeight::Float { tensor, .. } => Ok(tensor),
-            DeviceWeight::Blocks { ty, .. } => Err(PatchError::Device {
-                path: core.path().to_owned(),
-                error: DeviceError::Backend(format!(
-                    "tensor {name:?}: dequantizing {ty} gave blocks, not floats"
-                )),
-            }),
-        }
+        let ty = match weight {
+            DeviceWeight::Float { tensor, .. } => return Ok(tensor),
+            DeviceWeight::Blocks { ty, .. } => ty,
+            DeviceWeight::Mapped(blocks) => blocks.ggml_type(),
+        };
+        Err(PatchError::Device {
+            path: core.path().to_owned(),
+            error: DeviceError::Backend(format!(
+                "tensor {name:?}: dequantizing {ty} gave blocks, not floats"
+            )),
+        })
     }
 
     fn index_of(&self, name: &str) -> Result<usize, PatchError> {

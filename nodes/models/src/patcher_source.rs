@@ -104,6 +104,11 @@ impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
                 QuantMatrix::new(tensor, ty, shape, dtype, &self.origin(), name)
                     .map(Matrix::Quantized)
             }
+            DeviceWeight::Mapped(blocks) => {
+                let dtype = self.patcher.options().compute_dtype;
+                QuantMatrix::mapped(blocks, shape, dtype, device, &self.origin(), name)
+                    .map(Matrix::Quantized)
+            }
             DeviceWeight::Float { tensor, .. } => {
                 let tensor = if &tensor.device() == device {
                     tensor

@@ -4,6 +4,10 @@
 //! about the file's size, plus one layer's dequantized matrix at a time (burn's pool reuses its
 //! buffer from layer to layer).
 //!
+//! On a host-memory device (the CPU) the blocks are not copied at all: they are read in place
+//! from the file's read-only mapping ([`weft_engine::patcher::MappedBlocks`]), so a CPU run holds
+//! the mapped pages, one layer's values and the activations.
+//!
 //! On burn-cuda the blocks are dequantized on the device by weft-cuda's kernels, ordered against
 //! burn's stream without host waits ([`crate::fast::dequantize`]); elsewhere they are read back
 //! and dequantized by the CPU dequantizer, bit-exact with gguf-py. Both give the values a
@@ -13,12 +17,27 @@ use super::ModelError;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
 use weft_engine::formats::gguf::{GgmlType, dequant};
+use weft_engine::patcher::MappedBlocks;
 
-/// A `[rows, cols]` matrix held as ggml blocks (`U8` tensor, row-major: each row is whole
-/// blocks), dequantized to `dtype` when used.
+/// Where a [`QuantMatrix`]'s blocks are.
+#[derive(Debug, Clone)]
+enum Blocks<B: Backend> {
+    /// A `U8` tensor on the device.
+    Device(Tensor<B, 1, Int>),
+    /// Bytes `range` of a tensor left in the file's mapping (a host-memory device), read by the
+    /// CPU dequantizer into a tensor on `device`.
+    Mapped {
+        blocks: MappedBlocks,
+        range: std::ops::Range<usize>,
+        device: B::Device,
+    },
+}
+
+/// A `[rows, cols]` matrix held as ggml blocks (row-major: each row is whole blocks), on the
+/// device or in the file's mapping, dequantized to `dtype` when used.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix<B: Backend> {
-    blocks: Tensor<B, 1, Int>,
+    blocks: Blocks<B>,
     ty: GgmlType,
     rows: usize,
     cols: usize,
@@ -31,6 +50,46 @@ impl<B: Backend> QuantMatrix<B> {
     /// does not end on a block boundary (so that row ranges are byte ranges).
     pub fn new(
         blocks: Tensor<B, 1, Int>,
+        ty: GgmlType,
+        shape: [usize; 2],
+        dtype: DType,
+        origin: &str,
+        name: &str,
+    ) -> Result<Self, ModelError> {
+        let found = blocks.dims()[0];
+        Self::checked(
+            Blocks::Device(blocks),
+            found,
+            ty,
+            shape,
+            dtype,
+            origin,
+            name,
+        )
+    }
+
+    /// The blocks of `mapped` read in place from the file's mapping, dequantized into tensors on
+    /// `device` (a host-memory device: the CPU). Errors as [`new`](Self::new).
+    pub fn mapped(
+        mapped: MappedBlocks,
+        shape: [usize; 2],
+        dtype: DType,
+        device: &B::Device,
+        origin: &str,
+        name: &str,
+    ) -> Result<Self, ModelError> {
+        let (ty, found) = (mapped.ggml_type(), mapped.bytes().len());
+        let blocks = Blocks::Mapped {
+            blocks: mapped,
+            range: 0..found,
+            device: device.clone(),
+        };
+        Self::checked(blocks, found, ty, shape, dtype, origin, name)
+    }
+
+    fn checked(
+        blocks: Blocks<B>,
+        found: usize,
         ty: GgmlType,
         [rows, cols]: [usize; 2],
         dtype: DType,
@@ -56,8 +115,7 @@ impl<B: Backend> QuantMatrix<B> {
         }
         let elements = rows.checked_mul(cols).map(|n| n as u64);
         let expected = elements.and_then(|n| ty.bytes_for(n));
-        let found = blocks.dims()[0] as u64;
-        if expected != Some(found) {
+        if expected != Some(found as u64) {
             return Err(config(format!(
                 "{found} bytes of {} blocks do not hold [{rows}, {cols}]",
                 ty.name()
@@ -89,7 +147,15 @@ impl<B: Backend> QuantMatrix<B> {
 
     /// Bytes the blocks take.
     pub fn nbytes(&self) -> usize {
-        self.blocks.dims()[0]
+        match &self.blocks {
+            Blocks::Device(t) => t.dims()[0],
+            Blocks::Mapped { range, .. } => range.len(),
+        }
+    }
+
+    /// Whether the blocks are read in place from the file's mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.blocks, Blocks::Mapped { .. })
     }
 
     fn row_bytes(&self) -> usize {
@@ -99,8 +165,20 @@ impl<B: Backend> QuantMatrix<B> {
     /// Rows `start..start + len` (a byte range of the blocks, no copy).
     pub fn narrow_rows(&self, start: usize, len: usize) -> QuantMatrix<B> {
         let row = self.row_bytes();
+        let blocks = match &self.blocks {
+            Blocks::Device(t) => Blocks::Device(t.clone().narrow(0, start * row, len * row)),
+            Blocks::Mapped {
+                blocks,
+                range,
+                device,
+            } => Blocks::Mapped {
+                blocks: blocks.clone(),
+                range: range.start + start * row..range.start + (start + len) * row,
+                device: device.clone(),
+            },
+        };
         QuantMatrix {
-            blocks: self.blocks.clone().narrow(0, start * row, len * row),
+            blocks,
             rows: len,
             ..self.clone()
         }
@@ -110,22 +188,35 @@ impl<B: Backend> QuantMatrix<B> {
     /// kernels, else through the CPU dequantizer.
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let n = self.rows * self.cols;
-        if let Some(values) = super::fast::dequantize(&self.blocks, self.ty, n, self.dtype) {
+        if let Blocks::Device(blocks) = &self.blocks
+            && let Some(values) = super::fast::dequantize(blocks, self.ty, n, self.dtype)
+        {
             return values.reshape([self.rows, self.cols]);
         }
         self.dequantize_on_host()
     }
 
-    /// The CPU dequantizer's values (reading the blocks back from the device first).
+    /// The CPU dequantizer's values (reading device blocks back first; mapped blocks in place).
     pub fn dequantize_on_host(&self) -> Tensor<B, 2> {
-        let device = self.blocks.device();
-        let data = self.blocks.clone().into_data();
-        let bytes = data.as_bytes();
+        match &self.blocks {
+            Blocks::Device(blocks) => {
+                let data = blocks.clone().into_data();
+                self.host_values(data.as_bytes(), &blocks.device())
+            }
+            Blocks::Mapped {
+                blocks,
+                range,
+                device,
+            } => self.host_values(&blocks.bytes()[range.clone()], device),
+        }
+    }
+
+    fn host_values(&self, bytes: &[u8], device: &B::Device) -> Tensor<B, 2> {
         let mut values = vec![0f32; self.rows * self.cols];
         dequant::dequantize(self.ty, bytes, &mut values, "quantized matrix")
             .expect("QuantMatrix::new checked that the blocks hold the matrix");
         let values =
-            Tensor::<B, 1>::from_data(TensorData::new(values, [self.rows * self.cols]), &device)
+            Tensor::<B, 1>::from_data(TensorData::new(values, [self.rows * self.cols]), device)
                 .reshape([self.rows, self.cols]);
         match self.dtype {
             DType::F16 => values.cast(FloatDType::F16),

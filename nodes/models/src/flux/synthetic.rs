@@ -33,6 +33,9 @@ pub enum SynthShape {
     /// The same structure, small: hidden 256 (8 heads of 32), MLP 512, 2 + 2 blocks, context 64,
     /// pooled 32. Rows of 256 and 512 keep Q4_K in the mix; `txt_in` (rows of 64) is F16 anyway.
     Tiny,
+    /// Between the two, for memory tests on the CPU: hidden 1024 (8 heads of 128), MLP 4096,
+    /// 2 double + 8 single blocks, context 256, pooled 64: 202 M parameters, 214 MB at Q8_0.
+    Small,
 }
 
 /// The type of the block matrices.
@@ -48,10 +51,11 @@ impl std::str::FromStr for SynthShape {
         match s {
             "dev" => Ok(SynthShape::Dev),
             "tiny" => Ok(SynthShape::Tiny),
+            "small" => Ok(SynthShape::Small),
             _ => Err(SynthError::Unknown {
                 what: "shape",
                 found: s.into(),
-                expected: "dev, tiny",
+                expected: "dev, tiny, small",
             }),
         }
     }
@@ -153,6 +157,16 @@ fn dims(shape: SynthShape) -> Dims {
             depth_single: 2,
             head_dim: 32,
         },
+        SynthShape::Small => Dims {
+            hidden: 1024,
+            mlp: 4096,
+            in_channels: 64,
+            context: 256,
+            vec: 64,
+            depth: 2,
+            depth_single: 8,
+            head_dim: 128,
+        },
     }
 }
 
@@ -251,6 +265,7 @@ pub fn write_synthetic_flux(
     let shape_name = match shape {
         SynthShape::Dev => "dev",
         SynthShape::Tiny => "tiny",
+        SynthShape::Small => "small",
     };
     let metadata = vec![
         (
@@ -477,5 +492,14 @@ mod tests {
         // FLUX.1-dev: 11.9 B parameters.
         assert_eq!(params, 11_901_408_320);
         assert_eq!(plans.len(), 780);
+    }
+
+    #[test]
+    fn the_small_layout_is_over_200_mb_at_q8_0() {
+        let plans = flux_plans(SynthShape::Small, SynthQuant::Q8_0);
+        let params: u64 = plans.iter().map(|p| p.shape.iter().product::<u64>()).sum();
+        let bytes: u64 = plans.iter().map(|p| p.nbytes().unwrap()).sum();
+        assert!((200_000_000..210_000_000).contains(&params), "{params}");
+        assert!(bytes > 200_000_000, "{bytes}");
     }
 }
