@@ -9,7 +9,7 @@ use safetensors::tensor::TensorView;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weft_engine::formats::ModelFile;
-use weft_engine::patcher::{LoadOptions, LoraKeyMap, WeightPatch, lora_patches};
+use weft_engine::patcher::{LoadOptions, LoraKeyMap, WeightFormat, WeightPatch, lora_patches};
 use weft_engine::weights::WeightSource;
 
 /// A LoRA tensor: name, dtype, shape, f32 values.
@@ -71,6 +71,50 @@ fn expected(
         }
     }
     out
+}
+
+/// The values weight `name` computes with under patcher `p`: its dense device copy with the
+/// LoRAs merged in, or — a quantized weight kept as its blocks (`WeightFormat::AsStored`) — the
+/// file's blocks (checked byte for byte) plus the low-rank updates kept beside them.
+fn patched_values(
+    p: &weft_engine::patcher::ModelPatcher<weft_tests::B>,
+    reference: &ModelFile,
+    name: &str,
+) -> Vec<f32> {
+    let weight = p.resident(name).unwrap();
+    if weight.dtype() != DType::U8 {
+        assert!(
+            p.side_updates(name).unwrap().is_empty(),
+            "{name}: merged and beside"
+        );
+        return read_f32(&weight);
+    }
+    let info = reference.tensor(name).unwrap();
+    let file = std::fs::read(reference.path()).unwrap();
+    assert!(
+        weight.read_back().unwrap() == file[info.range()],
+        "{name}: blocks changed"
+    );
+    let mut values = reference.dequantize(info).unwrap();
+    let side = p.side_updates(name).unwrap();
+    assert!(
+        !side.is_empty(),
+        "{name}: a patch on blocks must stay beside them"
+    );
+    for u in side {
+        for (o, row) in values[u.rows.start * u.cols..u.rows.end * u.cols]
+            .chunks_exact_mut(u.cols)
+            .enumerate()
+        {
+            for (c, w) in row.iter_mut().enumerate() {
+                let d: f32 = (0..u.rank)
+                    .map(|k| u.up[o * u.rank + k] * u.down[k * u.cols + c])
+                    .sum();
+                *w += u.scale * d;
+            }
+        }
+    }
+    values
 }
 
 fn read_f32(weight: &weft_engine::patcher::DeviceWeight<weft_tests::B>) -> Vec<f32> {
@@ -233,7 +277,7 @@ fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
         );
         assert_close(
             m.target,
-            &read_f32(&patched.resident(m.target).unwrap()),
+            &patched_values(&patched, &reference, m.target),
             &want,
             1e-5,
         );
@@ -244,16 +288,23 @@ fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
         .unwrap();
     assert!(patched.resident(&bias.name).unwrap().read_back().unwrap() == file[bias.range()]);
     assert!(patched.verify().unwrap().is_empty());
-    // The unpatched original sees the file, not its clone's patches (streamed, not the shared copy).
-    let qkv = "double_blocks.0.img_attn.qkv.weight";
-    assert!(base.resident(qkv).is_none());
-    assert!(
-        base.weight(qkv).unwrap().read_back().unwrap()
-            == file[reference.tensor(qkv).unwrap().range()]
+    // The unpatched original sees the file, not its clone's patches: a merged weight streams
+    // instead of sharing the patched copy; the Q8_0 qkv, its LoRA beside it, shares the blocks.
+    let (proj, qkv) = (
+        "double_blocks.0.img_attn.proj.weight",
+        "double_blocks.0.img_attn.qkv.weight",
     );
+    assert!(base.resident(proj).is_none());
+    for name in [proj, qkv] {
+        assert!(
+            base.weight(name).unwrap().read_back().unwrap()
+                == file[reference.tensor(name).unwrap().range()]
+        );
+    }
+    assert!(base.resident(qkv).is_some());
 
-    // Unpatch: every patched copy is the file's bytes again, in the stored type.
-    assert_eq!(patched.unpatch().unwrap(), 3);
+    // Unpatch: every merged copy (the two F16 ones) is the file's bytes again, in the stored type.
+    assert_eq!(patched.unpatch().unwrap(), 2);
     for info in reference.tensors() {
         let weight = base.resident(&info.name).expect("resident and unpatched");
         assert!(
@@ -265,7 +316,7 @@ fn kohya_lora_patches_exactly_and_unpatch_restores_the_file_bit_for_bit() {
     assert!(base.verify().unwrap().is_empty());
     // Patch again, then load the unpatched clone: same result as unpatch.
     patched.load(None).unwrap();
-    assert!(base.resident(qkv).is_none());
+    assert!(base.resident(proj).is_none());
     base.load(None).unwrap();
     assert!(base.verify().unwrap().is_empty());
     assert!(
@@ -335,7 +386,7 @@ fn diffusers_lora_with_a_key_map_patches_a_slice_of_a_fused_weight_with_negative
         rank,
         -0.5,
     );
-    let got = read_f32(&p.resident(&qkv.name).unwrap());
+    let got = patched_values(&p, &reference, &qkv.name);
     assert_close("qkv", &got, &want, 1e-5);
     let untouched = reference.dequantize(qkv).unwrap();
     assert_eq!(
@@ -357,14 +408,14 @@ fn diffusers_lora_with_a_key_map_patches_a_slice_of_a_fused_weight_with_negative
     );
     assert_close(
         "final_layer",
-        &read_f32(&p.resident(&last.name).unwrap()),
+        &patched_values(&p, &reference, &last.name),
         &want,
         1e-5,
     );
 }
 
 #[test]
-fn a_patch_on_a_quantized_weight_is_baked_into_the_compute_dtype() {
+fn a_patch_on_a_quantized_weight_is_merged_when_dequantized_and_kept_beside_its_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let model_path = small_model(dir.path(), "m.gguf");
     let reference = ModelFile::open(&model_path).unwrap();
@@ -384,47 +435,80 @@ fn a_patch_on_a_quantized_weight_is_baked_into_the_compute_dtype() {
     ];
     let lora_path = write_lora(dir.path(), "k.safetensors", &tensors);
     let cache = cache();
-    let mut p = patcher(
-        &cache,
-        &model_path,
-        LoadOptions {
-            compute_dtype: DType::BF16,
-            ..LoadOptions::default()
-        },
-    );
-    let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
-    p.add_patches(
-        lora_patches(p.source(), &lora, 1.0, &LoraKeyMap::new())
-            .unwrap()
-            .patches,
-    )
-    .unwrap();
-    p.load(None).unwrap();
     let info = reference.tensor("single_blocks.0.linear1.weight").unwrap(); // Q5_1
-    let weight = p.resident(&info.name).unwrap();
-    assert_eq!(weight.dtype(), DType::BF16);
-    assert_eq!(weight.device_bytes(), info.n_elements() * 2);
-    let got: Vec<f32> = weight
-        .read_back()
-        .unwrap()
-        .chunks_exact(2)
-        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect();
-    let want = expected(
-        &reference.dequantize(info).unwrap(),
-        256,
-        0..16,
-        &tensors[0].3,
-        &tensors[1].3,
-        2,
-        1.0,
-    );
-    assert_close("Q5_1 + LoRA in bf16", &got, &want, 1.0 / 128.0);
-    // Unpatched weights stay quantized blocks on the device.
-    assert_eq!(
-        p.resident("final_layer.linear.weight").unwrap().dtype(),
-        DType::U8
-    );
+    let base = reference.dequantize(info).unwrap();
+    let want = expected(&base, 256, 0..16, &tensors[0].3, &tensors[1].3, 2, 1.0);
+    for format in [WeightFormat::Dequantized, WeightFormat::AsStored] {
+        let mut p = patcher(
+            &cache,
+            &model_path,
+            LoadOptions {
+                compute_dtype: DType::BF16,
+                format,
+            },
+        );
+        let lora = Arc::new(WeightSource::open_in(&cache, &lora_path).unwrap());
+        p.add_patches(
+            lora_patches(p.source(), &lora, 1.0, &LoraKeyMap::new())
+                .unwrap()
+                .patches,
+        )
+        .unwrap();
+        p.load(None).unwrap();
+        let weight = p.resident(&info.name).unwrap();
+        let side = p.side_updates(&info.name).unwrap();
+        if format == WeightFormat::Dequantized {
+            // Merged into the weight's bf16 copy.
+            assert!(side.is_empty());
+            assert_eq!(weight.dtype(), DType::BF16);
+            assert_eq!(weight.device_bytes(), info.n_elements() * 2);
+            let got: Vec<f32> = weight
+                .read_back()
+                .unwrap()
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect();
+            assert_close("Q5_1 + LoRA in bf16", &got, &want, 1.0 / 128.0);
+            continue;
+        }
+        // Kept as its blocks, the LoRA beside it: the weight is the file's, and the update the
+        // layer adds is exactly the LoRA's.
+        assert_eq!(weight.dtype(), DType::U8);
+        assert_eq!(weight.device_bytes(), info.nbytes);
+        let file = std::fs::read(&model_path).unwrap();
+        assert!(weight.read_back().unwrap() == file[info.range()]);
+        assert!(p.verify().unwrap().is_empty());
+        assert_eq!(side.len(), 1);
+        let u = &side[0];
+        assert_eq!(
+            (u.rank, u.cols, u.rows.clone(), u.scale),
+            (2, 256, 0..16, 1.0)
+        );
+        assert_eq!(
+            (u.up.as_slice(), u.down.as_slice()),
+            (&tensors[0].3[..], &tensors[1].3[..])
+        );
+        let mut merged = base.clone();
+        for (o, row) in merged.chunks_exact_mut(256).take(16).enumerate() {
+            for (c, w) in row.iter_mut().enumerate() {
+                *w += (0..2)
+                    .map(|k| u.up[o * 2 + k] * u.down[k * 256 + c])
+                    .sum::<f32>()
+                    * u.scale;
+            }
+        }
+        assert_close("Q5_1 + side LoRA", &merged, &want, 1e-5);
+        // Another weight without a LoRA has nothing beside it.
+        assert!(
+            p.side_updates("final_layer.linear.weight")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            p.resident("final_layer.linear.weight").unwrap().dtype(),
+            DType::U8
+        );
+    }
 }
 
 #[test]

@@ -88,13 +88,11 @@ fn same(a: &Tensor<B, 4>, b: &Tensor<B, 4>) -> bool {
     a.clone().into_data().to_vec::<f32>().unwrap() == b.clone().into_data().to_vec::<f32>().unwrap()
 }
 
-#[test]
-fn lora_changes_the_result_and_the_base_model_comes_back_unpatched() {
-    let mut bench = bench();
-    // A kohya module on a fused qkv weight and a diffusers one on a slice of a single block's
-    // linear1 (through the Flux key map), rank 4.
+/// A rank-4 LoRA for the fixture Flux: a kohya module on double block 0's fused qkv weight and a
+/// diffusers one on the `to_k` slice of single block 1's linear1 (through the Flux key map).
+pub(super) fn write_detail_lora(path: &Path) {
     write_safetensors(
-        &bench.dir.path().join("models/loras/detail.safetensors"),
+        path,
         &[
             (
                 "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
@@ -123,6 +121,12 @@ fn lora_changes_the_result_and_the_base_model_comes_back_unpatched() {
             ),
         ],
     );
+}
+
+#[test]
+fn lora_changes_the_result_and_the_base_model_comes_back_unpatched() {
+    let mut bench = bench();
+    write_detail_lora(&bench.dir.path().join("models/loras/detail.safetensors"));
     let lora_nodes = r#"
         "lora": (type: "LoraLoaderModelOnly", inputs: { "model": "unet" }, params: { "lora_name": "detail.safetensors", "strength_model": 0.8 }),
         "lora_model": (type: "ModelSamplingFlux", inputs: { "model": "lora" }, params: { "width": 96, "height": 64 }),

@@ -76,13 +76,40 @@ impl WeightPatch {
     }
 }
 
-fn apply_lora(
+/// A LoRA update read from its file, checked against its target: `scale · up·down` added to
+/// `rows` of the target (what merging adds, and what a side product computes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowRankUpdate {
+    /// `[rows.len(), rank]`, row-major, f32.
+    pub up: Vec<f32>,
+    /// `[rank, cols]`, row-major, f32.
+    pub down: Vec<f32>,
+    /// The rank.
+    pub rank: usize,
+    /// The target's columns (its input width).
+    pub cols: usize,
+    /// `strength · alpha / rank` (`strength` when the file has no alpha).
+    pub scale: f32,
+    /// The target's rows it covers.
+    pub rows: Range<usize>,
+}
+
+impl WeightPatch {
+    /// The low-rank update this patch adds to its target of PyTorch-order `shape`, read from the
+    /// LoRA file and checked against the shape.
+    pub fn low_rank(&self, shape: &[u64]) -> Result<LowRankUpdate, PatchError> {
+        match &self.kind {
+            PatchKind::Lora(f) => read_lora(f, self.strength, &self.target, shape),
+        }
+    }
+}
+
+fn read_lora(
     f: &LoraFactors,
     strength: f32,
     target: &str,
-    values: &mut [f32],
     shape: &[u64],
-) -> Result<(), PatchError> {
+) -> Result<LowRankUpdate, PatchError> {
     let lora = &f.source;
     let shape_error = |why: String| PatchError::Shape {
         lora: lora.path().to_owned(),
@@ -112,11 +139,7 @@ fn apply_lora(
         1
     };
     let rows = f.rows.clone().unwrap_or(0..target_rows);
-    if rows.end > target_rows
-        || rows.len() != out
-        || cols != target_cols
-        || values.len() != target_rows * target_cols
-    {
+    if rows.end > target_rows || rows.len() != out || cols != target_cols {
         return Err(shape_error(format!(
             "up {up_shape:?} · down {down_shape:?} gives [{out}, {cols}], the weight is {shape:?}{}",
             f.rows
@@ -125,13 +148,43 @@ fn apply_lora(
                 .unwrap_or_default()
         )));
     }
-    if cols == 0 || rows.is_empty() {
+    let (up, down) = if cols == 0 || rows.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (lora.dequantize(up_info)?, lora.dequantize(down_info)?)
+    };
+    Ok(LowRankUpdate {
+        up,
+        down,
+        rank,
+        cols,
+        scale: strength * f.alpha.map_or(1.0, |a| a / rank as f32),
+        rows,
+    })
+}
+
+fn apply_lora(
+    f: &LoraFactors,
+    strength: f32,
+    target: &str,
+    values: &mut [f32],
+    shape: &[u64],
+) -> Result<(), PatchError> {
+    let update = read_lora(f, strength, target, shape)?;
+    let (cols, rank, scale) = (update.cols, update.rank, update.scale);
+    let target_rows = *shape.first().unwrap_or(&1) as usize;
+    if values.len() != target_rows * cols {
+        return Err(PatchError::Shape {
+            lora: f.source.path().to_owned(),
+            target: target.to_owned(),
+            why: format!("{} values do not hold the weight {shape:?}", values.len()),
+        });
+    }
+    if cols == 0 || update.rows.is_empty() {
         return Ok(());
     }
-    let up = lora.dequantize(up_info)?;
-    let down = lora.dequantize(down_info)?;
-    let scale = strength * f.alpha.map_or(1.0, |a| a / rank as f32);
-    values[rows.start * cols..rows.end * cols]
+    let (up, down) = (&update.up, &update.down);
+    values[update.rows.start * cols..update.rows.end * cols]
         .par_chunks_mut(cols)
         .enumerate()
         .for_each(|(o, row)| {

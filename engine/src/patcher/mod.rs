@@ -24,7 +24,9 @@ pub use device::{
     WeightDevice, element_count,
 };
 pub use handle::ModelHandle;
-pub use lora::{LoraFactors, LoraKeyMap, LoraMatch, PatchKind, WeightPatch, lora_patches};
+pub use lora::{
+    LoraFactors, LoraKeyMap, LoraMatch, LowRankUpdate, PatchKind, WeightPatch, lora_patches,
+};
 pub use stats::{LocationStats, ParamStats};
 
 use crate::weights::{WeightSource, WeightsError, cache::human_bytes};
@@ -38,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use weft_formats::TensorInfo;
+use weft_formats::gguf::GgmlType;
 
 /// Why a model could not be loaded or patched. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -467,9 +470,27 @@ impl<B: Backend> ModelPatcher<B> {
 
     /// The combined key of this patcher's patches for each weight that has any.
     fn patch_keys(&self) -> HashMap<usize, (u64, Vec<&WeightPatch>)> {
+        self.patch_keys_of(true)
+    }
+
+    /// Whether weight `index`'s patches stay beside it instead of being baked in: a quantized
+    /// matrix kept as its blocks (`WeightFormat::AsStored`), whose LoRAs the model computes as
+    /// side products ([`side_updates`](Self::side_updates)), so that adding, removing or
+    /// re-weighting a LoRA never dequantizes or copies the weight.
+    fn patches_on_the_side(&self, index: usize) -> bool {
+        let info = &self.core.source.tensors()[index];
+        self.core.options.format == WeightFormat::AsStored
+            && info.shape.len() == 2
+            && info.dtype.ggml().is_some_and(GgmlType::is_quantized)
+    }
+
+    /// The patches to bake into each weight (`baked_only`), or all of them, with their keys.
+    fn patch_keys_of(&self, baked_only: bool) -> HashMap<usize, (u64, Vec<&WeightPatch>)> {
         let mut by_index: HashMap<usize, (u64, Vec<&WeightPatch>)> = HashMap::new();
         for patch in &self.patches {
-            if let Some(&index) = self.core.index.get(&patch.target) {
+            if let Some(&index) = self.core.index.get(&patch.target)
+                && !(baked_only && self.patches_on_the_side(index))
+            {
                 by_index
                     .entry(index)
                     .or_insert_with(|| (0, Vec::new()))
@@ -709,7 +730,7 @@ impl<B: Backend> ModelPatcher<B> {
             return Ok(tensor);
         }
         let core = &self.core;
-        let keys = self.patch_keys();
+        let keys = self.patch_keys_of(false);
         let patches = keys
             .get(&index)
             .map_or(&[][..], |(_, list)| list.as_slice());
@@ -776,6 +797,22 @@ impl<B: Backend> ModelPatcher<B> {
             }
         }
         Ok(mismatched)
+    }
+
+    /// The low-rank updates of this patcher's patches that weight `name` does not have baked in
+    /// (a quantized matrix kept as its blocks): the model adds `scale · (x·downᵀ)·upᵀ` to the
+    /// layer's output rows for each. Empty for every other weight.
+    pub fn side_updates(&self, name: &str) -> Result<Vec<LowRankUpdate>, PatchError> {
+        let index = self.index_of(name)?;
+        if !self.patches_on_the_side(index) {
+            return Ok(Vec::new());
+        }
+        let shape = &self.core.source.tensors()[index].shape;
+        self.patches
+            .iter()
+            .filter(|p| p.target == name)
+            .map(|p| p.low_rank(shape))
+            .collect()
     }
 
     /// The resident device copy of `name`, if there is one with this patcher's patches.

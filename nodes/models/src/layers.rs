@@ -4,6 +4,7 @@
 //!
 //! Weights keep the layout of the checkpoints ([out, in] for linear layers, as PyTorch and GGUF
 //! store them), so loading is a reshape and never a transpose.
+use super::low_rank::LowRank;
 use super::quant::Matrix;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
@@ -14,11 +15,13 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 /// `y = x·Wᵀ + b` with `W` stored [d_out, d_in] (PyTorch's layout; burn's own `Linear` is
 /// [d_in, d_out]). `W` may be held in another float type than `x` (the BF16 weights of a CUDA
 /// load), or as ggml blocks dequantized just before each product ([`Matrix::Quantized`]); `y`
-/// has `x`'s type.
+/// has `x`'s type. LoRAs that are not merged into `W` (those of a quantized-resident matrix) are
+/// added as side products ([`LowRank`]).
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
     weight: Matrix<B>,
     bias: Option<Tensor<B, 1>>,
+    side: Vec<LowRank<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -28,7 +31,22 @@ impl<B: Backend> Linear<B> {
 
     /// A layer over a dense or quantized-resident matrix.
     pub fn from_matrix(weight: Matrix<B>, bias: Option<Tensor<B, 1>>) -> Self {
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            side: Vec::new(),
+        }
+    }
+
+    /// The layer with `side` low-rank updates added to its output (unmerged LoRAs).
+    pub fn with_side(mut self, side: Vec<LowRank<B>>) -> Self {
+        self.side = side;
+        self
+    }
+
+    /// How many low-rank updates the layer adds as side products.
+    pub fn side_updates(&self) -> usize {
+        self.side.len()
     }
 
     pub fn d_in(&self) -> usize {
@@ -55,14 +73,24 @@ impl<B: Backend> Linear<B> {
     /// copies.
     pub fn split_rows(self, at: usize) -> [Linear<B>; 2] {
         let d_out = self.d_out();
-        let bias = |start, len| self.bias.clone().map(|b| b.narrow(0, start, len));
-        [
-            Linear::from_matrix(self.weight.narrow_rows(0, at), bias(0, at)),
+        let part = |start, len| {
             Linear::from_matrix(
-                self.weight.narrow_rows(at, d_out - at),
-                bias(at, d_out - at),
-            ),
-        ]
+                self.weight.narrow_rows(start, len),
+                self.bias.clone().map(|b| b.narrow(0, start, len)),
+            )
+            .with_side(
+                self.side
+                    .iter()
+                    .filter_map(|s| s.narrow_rows(start, len))
+                    .collect(),
+            )
+        };
+        [part(0, at), part(at, d_out - at)]
+    }
+
+    /// `y` (the product for `x`) with the side updates added.
+    fn add_side(&self, x: &Tensor<B, 2>, y: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.side.iter().fold(y, |y, s| s.add_to(x, y))
     }
 
     /// `x` as one [rows, d_in] matrix over every leading dimension, and the output's dims.
@@ -76,7 +104,8 @@ impl<B: Backend> Linear<B> {
     /// Applies the layer to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let (x, dims) = self.rows(x);
-        product(&x, &self.weight.values(), self.bias.as_ref()).reshape(dims)
+        let y = product(&x, &self.weight.values(), self.bias.as_ref());
+        self.add_side(&x, y).reshape(dims)
     }
 
     /// `gelu_tanh(self.forward(x))` (Flux's MLP up-projection). On burn-cuda a large product is
@@ -84,6 +113,9 @@ impl<B: Backend> Linear<B> {
     /// product and then a pass of the GELU kernel over its output; every other path is exactly
     /// the two calls.
     pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if !self.side.is_empty() {
+            return gelu_tanh(self.forward(x));
+        }
         let (x, dims) = self.rows(x);
         let weight = self.weight.values();
         let y = match super::fast::linear_gelu(&x, &weight, self.bias.as_ref()) {

@@ -13,6 +13,7 @@
 pub mod fast;
 pub mod flux;
 pub mod layers;
+pub mod low_rank;
 pub mod patcher_source;
 pub mod profile;
 pub mod quant;

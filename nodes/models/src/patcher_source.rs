@@ -13,7 +13,7 @@ use super::source::dense_matrix;
 use super::{ModelError, TensorSource};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor};
-use weft_engine::patcher::{DeviceWeight, ModelPatcher};
+use weft_engine::patcher::{DeviceWeight, LowRankUpdate, ModelPatcher};
 
 /// A patcher's weights, by their names in the model file.
 pub struct PatcherSource<'a, B: Backend> {
@@ -118,6 +118,15 @@ impl<B: Backend> TensorSource<B> for PatcherSource<'_, B> {
                 dense_matrix(&self.origin(), name, tensor, shape)
             }
         }
+    }
+
+    fn side_updates(&self, name: &str) -> Result<Vec<LowRankUpdate>, ModelError> {
+        self.patcher
+            .side_updates(name)
+            .map_err(|e| ModelError::Config {
+                origin: self.origin(),
+                message: format!("LoRA on {name:?}: {e}"),
+            })
     }
 
     fn architecture(&self) -> Option<String> {

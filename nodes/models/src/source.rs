@@ -3,11 +3,13 @@
 //! shape checks that turn a bad file into an error instead of a panic.
 use super::ModelError;
 use super::layers::{Conv2d, GroupNorm, Linear};
+use super::low_rank::LowRank;
 use super::quant::Matrix;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use std::collections::BTreeSet;
 use weft_engine::formats::ModelFile;
+use weft_engine::patcher::LowRankUpdate;
 
 /// Named tensors a model is built from.
 ///
@@ -41,6 +43,12 @@ pub trait TensorSource<B: Backend> {
         device: &B::Device,
     ) -> Result<Matrix<B>, ModelError> {
         dense_matrix(&self.origin(), name, self.load_matrix(name, device)?, shape)
+    }
+
+    /// The LoRA updates the source keeps beside linear weight `name` rather than merged into it
+    /// (a patcher's quantized-resident matrices): the layer adds them as side products.
+    fn side_updates(&self, _name: &str) -> Result<Vec<LowRankUpdate>, ModelError> {
+        Ok(Vec::new())
     }
 
     /// The architecture the file declares (GGUF `general.architecture`), if any.
@@ -203,6 +211,24 @@ impl<'a, B: Backend> Weights<'a, B> {
             .load_linear(&self.full(name), shape, &self.device)
     }
 
+    /// A linear layer over weight `name` (already loaded as `weight`) with `bias`, and the LoRA
+    /// updates the source keeps beside the weight as side products.
+    fn layer(
+        &self,
+        name: &str,
+        weight: Matrix<B>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Result<Linear<B>, ModelError> {
+        let dtype = weight.dtype();
+        let side = self
+            .source
+            .side_updates(&self.full(name))?
+            .iter()
+            .map(|u| LowRank::new(u, dtype, &self.device))
+            .collect();
+        Ok(Linear::from_matrix(weight, bias).with_side(side))
+    }
+
     /// That the source stores `name` with one of the `accepted` shapes.
     fn check_shape(
         &self,
@@ -244,9 +270,10 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// A linear layer `name.weight` [d_out, d_in] with `name.bias` [d_out].
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize) -> Result<Linear<B>, ModelError> {
-        let weight = self.matrix(&format!("{name}.weight"), &[&[d_out, d_in]], [d_out, d_in])?;
+        let weight_name = format!("{name}.weight");
+        let weight = self.matrix(&weight_name, &[&[d_out, d_in]], [d_out, d_in])?;
         let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
-        Ok(Linear::from_matrix(weight, Some(bias)))
+        self.layer(&weight_name, weight, Some(bias))
     }
 
     /// A linear layer whose bias may be absent (`name.bias`).
@@ -256,14 +283,15 @@ impl<'a, B: Backend> Weights<'a, B> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Linear<B>, ModelError> {
-        let weight = self.matrix(&format!("{name}.weight"), &[&[d_out, d_in]], [d_out, d_in])?;
+        let weight_name = format!("{name}.weight");
+        let weight = self.matrix(&weight_name, &[&[d_out, d_in]], [d_out, d_in])?;
         let bias_name = format!("{name}.bias");
         let bias = if self.has(&bias_name) {
             Some(self.tensor(&bias_name, [d_out])?)
         } else {
             None
         };
-        Ok(Linear::from_matrix(weight, bias))
+        self.layer(&weight_name, weight, bias)
     }
 
     /// A channel projection stored either as a linear [c_out, c_in] or a 1x1 conv [c_out, c_in, 1, 1].
@@ -273,13 +301,14 @@ impl<'a, B: Backend> Weights<'a, B> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Linear<B>, ModelError> {
+        let weight_name = format!("{name}.weight");
         let weight = self.matrix(
-            &format!("{name}.weight"),
+            &weight_name,
             &[&[d_out, d_in], &[d_out, d_in, 1, 1]],
             [d_out, d_in],
         )?;
         let bias = self.tensor(&format!("{name}.bias"), [d_out])?;
-        Ok(Linear::from_matrix(weight, Some(bias)))
+        self.layer(&weight_name, weight, Some(bias))
     }
 
     /// A square-kernel conv `name.weight` [c_out, c_in, k, k] with `name.bias` [c_out].
